@@ -1,0 +1,1 @@
+"""Guest toolchain around Keystone: includes, macros, multiboot packaging, round-trip checks."""

@@ -1,0 +1,1 @@
+"""Debugging: exit history, statistics, stepping."""

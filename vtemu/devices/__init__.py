@@ -1,0 +1,1 @@
+"""Devices, one file each, named after their datasheet, behind a port-I/O / MMIO bus."""

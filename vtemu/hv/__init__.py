@@ -1,0 +1,1 @@
+"""The hypervisor: run loop, exit handlers (one module per family), partitions."""

@@ -1,0 +1,1 @@
+"""Guest page walk, nested paging (EPT) and, later, shadow paging."""

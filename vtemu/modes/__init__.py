@@ -1,0 +1,1 @@
+"""CPU virtualization techniques, registered by name."""
