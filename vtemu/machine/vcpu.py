@@ -16,10 +16,9 @@ refused fills, HLT and an exhausted instruction budget end `run()` with a Stop.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from enum import Enum, IntEnum
-from typing import Callable, Protocol
+from enum import Enum
+from typing import Protocol
 
 import unicorn
 import unicorn.x86_const as U
@@ -31,6 +30,8 @@ from vtemu.machine.cpustate import HF_CS32, HF_CS64, CpuContext, Seg, SegmentCac
 from vtemu.machine.decode import CodeMode, Decoder, Instruction, MAX_INSN_LENGTH
 from vtemu.machine.memory import HostMemory
 from vtemu.machine.sites import Site, SiteKind, SiteRegistry
+from vtemu.machine.translation import (Fill, GuestPageFault, MemoryAccess, PagingRegs, TranslationFault,
+                                      Translator)
 from vtemu.machine.unicorn_ffi import UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_ERR_OK, Engine
 
 UC_MEM_READ = unicorn.UC_MEM_READ
@@ -44,55 +45,6 @@ RESET_RFLAGS = 0x2
 RESET_EDX = 0x000306A9  # processor signature reported in EDX at reset (family 6)
 RESET_DR6 = 0xFFFF0FF0
 RESET_DR7 = 0x400
-
-
-class MemoryAccess(IntEnum):
-    READ = 0
-    WRITE = 1
-    FETCH = 2
-
-
-_UC_ACCESS = {UC_MEM_READ: MemoryAccess.READ, UC_MEM_WRITE: MemoryAccess.WRITE,
-              UC_MEM_FETCH: MemoryAccess.FETCH}
-
-
-@dataclass(frozen=True)
-class PagingRegs:
-    """The architectural registers that select and root a guest page walk (SDM Vol. 3A 4.1)."""
-
-    cr0: int
-    cr3: int
-    cr4: int
-    efer: int
-
-
-@dataclass(frozen=True, slots=True)
-class Fill:
-    """Result of translating one linear page: where it lives and what the access may do."""
-
-    hpa: int
-    readable: bool
-    writable: bool
-    executable: bool
-    dirty: bool = True
-
-
-class TranslationFault(Exception):
-    """Base of everything a Translator raises to refuse a fill (guest #PF, EPT violation...)."""
-
-
-class GuestPageFault(TranslationFault):
-    """A linear address the guest's own page tables do not allow: #PF with CR2 = linear."""
-
-    def __init__(self, linear: int, error_code: int) -> None:
-        super().__init__(f"#PF at {linear:#x} (error code {error_code:#x})")
-        self.linear = linear
-        self.error_code = error_code
-
-
-class Translator(Protocol):
-    def translate(self, paging: PagingRegs, linear: int, access: MemoryAccess,
-                  user: bool) -> Fill: ...
 
 
 class GuestException(Exception):
@@ -464,6 +416,10 @@ class VCpu:
             self.flush_translations()
 
 
+_UC_ACCESS = {UC_MEM_READ: MemoryAccess.READ, UC_MEM_WRITE: MemoryAccess.WRITE,
+              UC_MEM_FETCH: MemoryAccess.FETCH}
+
+
 class _NoEvents:
     """Until a VMX layer is attached, the bare silicon behaves like Unicorn would."""
 
@@ -508,5 +464,3 @@ def _page_pieces(linear: int, length: int) -> list[tuple[int, int]]:
         linear, length = linear + size, length - size
     return pieces
 
-
-_U64 = struct.Struct("<Q")

@@ -1,0 +1,57 @@
+"""What a second-level translation (nested paging or shadow paging) promises the vCPU.
+
+The vCPU asks a Translator, on every TLB miss and for every access the VMM performs on
+guest-linear addresses, where a linear page lives in host-physical memory and what the
+access may do. Translators refuse by raising a TranslationFault subclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+
+class MemoryAccess(IntEnum):
+    READ = 0
+    WRITE = 1
+    FETCH = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PagingRegs:
+    """The architectural registers that select and root a guest page walk (SDM Vol. 3A 4.1)."""
+
+    cr0: int
+    cr3: int
+    cr4: int
+    efer: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """Result of translating one linear page: where it lives and what the access may do."""
+
+    hpa: int
+    readable: bool
+    writable: bool
+    executable: bool
+    dirty: bool = True
+
+
+class TranslationFault(Exception):
+    """Base of everything a Translator raises to refuse a fill (guest #PF, EPT violation...)."""
+
+
+class GuestPageFault(TranslationFault):
+    """A linear address the guest's own page tables do not allow: #PF with CR2 = linear."""
+
+    def __init__(self, linear: int, error_code: int) -> None:
+        super().__init__(f"#PF at {linear:#x} (error code {error_code:#x})")
+        self.linear = linear
+        self.error_code = error_code
+
+
+class Translator(Protocol):
+    def translate(self, paging: PagingRegs, linear: int, access: MemoryAccess,
+                  user: bool) -> Fill: ...
