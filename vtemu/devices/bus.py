@@ -51,6 +51,7 @@ class Attachment:
     base: int
     size: int
     device: object
+    byte_wide: bool = False
 
 
 ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
@@ -64,14 +65,17 @@ class PortBus:
         self.attachments: list[Attachment] = []
         self.unclaimed_accesses: Counter[int] = Counter()
 
-    def attach(self, name: str, base: int, size: int, device: PortDevice) -> None:
+    def attach(self, name: str, base: int, size: int, device: PortDevice,
+               byte_wide: bool = True) -> None:
+        """byte_wide: an 8-bit ISA device; a 16/32-bit access to it becomes consecutive byte
+        accesses to port, port+1, ... as the ISA bus splits them (each routed on its own)."""
         if size <= 0 or base < 0 or base + size > 0x10000:
             raise BusConflict(f"{name}: port range {base:#x}+{size} is outside the I/O space")
         for port in range(base, base + size):
             if port in self._by_port:
                 other = self._by_port[port]
                 raise BusConflict(f"{name}: port {port:#x} already belongs to {other.name}")
-        attachment = Attachment(name, base, size, device)
+        attachment = Attachment(name, base, size, device, byte_wide)
         for port in range(base, base + size):
             self._by_port[port] = attachment
         self.attachments.append(attachment)
@@ -84,12 +88,18 @@ class PortBus:
         if attachment is None:
             self.unclaimed_accesses[port] += 1
             return ALL_ONES[size]
+        if size > 1 and attachment.byte_wide:
+            return sum(self.read((port + i) & 0xFFFF, 1) << (8 * i) for i in range(size))
         return attachment.device.io_read(port - attachment.base, size)  # type: ignore[attr-defined]
 
     def write(self, port: int, size: int, value: int) -> None:
         attachment = self._by_port.get(port)
         if attachment is None:
             self.unclaimed_accesses[port] += 1
+            return
+        if size > 1 and attachment.byte_wide:
+            for i in range(size):
+                self.write((port + i) & 0xFFFF, 1, (value >> (8 * i)) & 0xFF)
             return
         attachment.device.io_write(port - attachment.base, size, value)  # type: ignore[attr-defined]
 
