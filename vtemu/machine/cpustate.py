@@ -135,6 +135,9 @@ class CpuContext:
     def clear_interrupt_shadow(self) -> None:
         self._state.hflags &= ~HF_INHIBIT_IRQ
 
+    def set_interrupt_shadow(self) -> None:
+        self._state.hflags |= HF_INHIBIT_IRQ
+
     def segment(self, seg: Seg) -> SegmentCache:
         return _cache_of(self._state.segs[seg])
 

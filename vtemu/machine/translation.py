@@ -52,6 +52,20 @@ class GuestPageFault(TranslationFault):
         self.error_code = error_code
 
 
+class SecondLevelFault(TranslationFault):
+    """The hypervisor's own translation (EPT) refused a guest-physical access: a VM exit, not a
+    guest fault. `qualification` follows the EPT-violation layout (SDM Table 27-7)."""
+
+    misconfiguration = False
+
+    def __init__(self, gpa: int, qualification: int = 0, linear: int | None = None) -> None:
+        kind = "misconfiguration" if self.misconfiguration else "violation"
+        super().__init__(f"EPT {kind} at GPA {gpa:#x}")
+        self.gpa = gpa
+        self.qualification = qualification
+        self.linear = linear
+
+
 class Translator(Protocol):
     def translate(self, paging: PagingRegs, linear: int, access: MemoryAccess,
                   user: bool) -> Fill: ...

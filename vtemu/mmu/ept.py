@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from vtemu.machine.addr import GPA, GVA, HPA
-from vtemu.machine.translation import TranslationFault
+from vtemu.machine.translation import SecondLevelFault
 from vtemu.mmu._bits import bit_range
 from vtemu.mmu.paging import Access, PageSize
 
@@ -90,23 +90,21 @@ class InvalidEptp(ValueError):
     """An EPTP value that fails the VM-entry checks on the EPTP (SDM 26.2.1.1)."""
 
 
-class EptViolation(TranslationFault):
+class EptViolation(SecondLevelFault):
     """An EPT violation VM exit: the guest-physical address, the qualification (Table 27-7) and, when bit 7 of
     the qualification is set, the guest linear address whose translation caused it."""
 
     def __init__(self, gpa: GPA, qualification: int, linear: GVA | None = None) -> None:
-        super().__init__(f"EPT violation at GPA {gpa:#x}, qualification {qualification:#x}")
-        self.gpa = gpa
-        self.qualification = int(qualification)
-        self.linear = linear
+        super().__init__(gpa, int(qualification), linear)
 
 
-class EptMisconfiguration(TranslationFault):
+class EptMisconfiguration(SecondLevelFault):
     """An EPT misconfiguration VM exit (28.2.3.1): only the guest-physical address is reported."""
 
+    misconfiguration = True
+
     def __init__(self, gpa: GPA) -> None:
-        super().__init__(f"EPT misconfiguration at GPA {gpa:#x}")
-        self.gpa = gpa
+        super().__init__(gpa)
 
 
 class HostMemory(Protocol):

@@ -1,0 +1,587 @@
+"""A processor in VMX non-root operation: the vCPU plus the VT-x logic that decides exits.
+
+Every event the vCPU reports passes through here. Each becomes either a VM exit (recorded
+in the VMCS and handed to the hypervisor through `exit_handler`) or native behaviour.
+Exits raised from inside Unicorn's hooks are handled there and then ("inline"): when the
+hypervisor only read and wrote registers, the guest continues without leaving Unicorn,
+which is what makes an I/O exit cost microseconds. Anything that needs the CPU quiescent
+(event injection, descriptor-cache loads, undoing an instruction Unicorn completes) makes
+the vCPU stop; `run_slice` then finishes the work before the next instruction runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Protocol
+
+import capstone.x86_const as C
+import unicorn.x86_const as U
+
+from vtemu.machine.cpustate import HF_INHIBIT_IRQ
+from vtemu.machine.decode import Instruction
+from vtemu.machine.delivery import Event, EventType
+from vtemu.machine.memory import HostMemory
+from vtemu.machine.msrs import IA32_TSC_AUX, MsrModel, TimeStampCounter
+from vtemu.machine.sites import Site
+from vtemu.machine.translation import GuestPageFault, SecondLevelFault, TranslationFault
+from vtemu.machine.vcpu import GuestException, Stop, StopKind, VCpu
+from vtemu.vmx import instructions
+from vtemu.vmx.controls import ExitControls, PinBasedControls, PrimaryProcessorControls as P
+from vtemu.vmx.controls import SecondaryProcessorControls as S
+from vtemu.vmx.controls import VmxCapabilities
+from vtemu.vmx.exit import Activity, ExitDecision, VmExit
+from vtemu.vmx.fields import VmcsField as F
+from vtemu.vmx.guest_state import LiveGuestState
+from vtemu.vmx.intercept import Intercepts
+from vtemu.vmx.interruption import InterruptionInfo, InterruptionType
+from vtemu.vmx.qualifications import IoDirection, IoQualification
+from vtemu.vmx.reasons import ExitReason
+from vtemu.vmx.transitions import deliver_event, vm_entry, vm_exit
+from vtemu.vmx.vmcs import Vmcs
+
+RFLAGS_IF = 1 << 9
+PAGE_FAULT = 14
+EXIT_HISTORY = 16
+
+# #UD-reporting VMX instructions and the exit each causes in VMX non-root operation (25.1.2).
+VMX_INSTRUCTION_EXITS = {
+    C.X86_INS_VMCALL: ExitReason.VMCALL, C.X86_INS_VMCLEAR: ExitReason.VMCLEAR,
+    C.X86_INS_VMLAUNCH: ExitReason.VMLAUNCH, C.X86_INS_VMPTRLD: ExitReason.VMPTRLD,
+    C.X86_INS_VMPTRST: ExitReason.VMPTRST, C.X86_INS_VMREAD: ExitReason.VMREAD,
+    C.X86_INS_VMRESUME: ExitReason.VMRESUME, C.X86_INS_VMWRITE: ExitReason.VMWRITE,
+    C.X86_INS_VMXOFF: ExitReason.VMXOFF, C.X86_INS_VMXON: ExitReason.VMXON,
+    C.X86_INS_INVEPT: ExitReason.INVEPT, C.X86_INS_INVVPID: ExitReason.INVVPID,
+    C.X86_INS_VMFUNC: ExitReason.VMFUNC,
+}
+_STRING_IO = {C.X86_INS_INSB, C.X86_INS_INSW, C.X86_INS_INSD,
+              C.X86_INS_OUTSB, C.X86_INS_OUTSW, C.X86_INS_OUTSD}
+
+
+class PortSpace(Protocol):
+    def read(self, port: int, size: int) -> int: ...
+    def write(self, port: int, size: int, value: int) -> None: ...
+
+
+class InterruptPin(Protocol):
+    def intr_asserted(self) -> bool: ...
+    def acknowledge(self) -> int: ...
+
+
+def _no_hypervisor(exit: VmExit) -> ExitDecision:
+    raise RuntimeError(f"VM exit {exit.describe()} with no hypervisor attached")
+
+
+class VmxCpu:
+    def __init__(self, vcpu: VCpu, host: HostMemory, ports: PortSpace,
+                 interrupts: InterruptPin | None = None,
+                 caps: VmxCapabilities | None = None) -> None:
+        self.vcpu = vcpu
+        self.host = host
+        self.ports = ports
+        self.interrupts = interrupts
+        self.caps = caps or VmxCapabilities()
+        self.activity = Activity.ACTIVE
+        self.vmcs = Vmcs(LiveGuestState(vcpu, lambda: int(self.activity), self._set_activity),
+                         capabilities=self.caps)
+        self.tsc = TimeStampCounter(vcpu.clock.now_ns)
+        self.msrs = MsrModel(vcpu, self.tsc, bsp=vcpu.index == 0)
+        self.exit_handler: Callable[[VmExit], ExitDecision] = _no_hypervisor
+        self.history: deque[VmExit] = deque(maxlen=EXIT_HISTORY)
+        self.exits_taken = 0
+        self.blocked = False
+        self.stopped = False
+        self.intercepts = Intercepts.from_vmcs(self.vmcs, self._host_page)
+        self._entry_pending = True
+        self._pending_event: tuple[Event, int] | None = None
+        self._after_stop: Callable[[], None] | None = None
+        self._deferred: tuple[VmExit, dict[int, int]] | None = None
+        self._rewind: dict[int, int] | None = None
+        self._inline = False
+        self._advanced = False
+        self._io_cache: dict[int, Instruction] = {}
+        self._preemption_deadline: int | None = None
+        vcpu.events = self
+
+    # --- state the hypervisor and handlers use --------------------------------------------
+    @property
+    def index(self) -> int:
+        return self.vcpu.index
+
+    def _host_page(self, hpa: int) -> memoryview:
+        region = self.host.region(hpa, 4096)
+        offset = hpa - region.hpa
+        return memoryview(region.buffer)[offset:offset + 4096]
+
+    def _set_activity(self, value: int) -> None:
+        self.activity = Activity(value)
+
+    def reload_controls(self) -> None:
+        """VM entry latches the execution controls (and which instructions to watch)."""
+        self.intercepts = Intercepts.from_vmcs(self.vmcs, self._host_page)
+        self.vcpu.set_site_kinds(self.intercepts.site_kinds())
+        self._io_cache.clear()
+
+    def guest_tsc(self) -> int:
+        """What RDTSC returns in the guest: the TSC plus the VMCS TSC offset (SDM 25.3)."""
+        return (self.tsc.read() + self.intercepts.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+
+    def advance_rip(self, exit: VmExit) -> None:
+        """Complete the exiting instruction: the one helper that moves RIP past it."""
+        self._advanced = True
+        if exit.completes_natively:
+            return  # Unicorn finishes this instruction itself when the hook returns
+        self.vcpu.rip = exit.guest_rip + exit.instruction_length
+        self.vcpu.retire_emulated()
+
+    def inject(self, info: InterruptionInfo, error_code: int | None = None,
+               instruction_length: int = 0) -> None:
+        """Program event injection for the next VM entry (SDM 24.8.3)."""
+        self.vmcs.write(F.VM_ENTRY_INTR_INFO_FIELD, info.encode())
+        if error_code is not None:
+            self.vmcs.write(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
+        if instruction_length:
+            self.vmcs.write(F.VM_ENTRY_INSTRUCTION_LEN, instruction_length)
+
+    def complete(self, insn: Instruction) -> None:
+        """An instruction this processor emulated with native semantics has retired."""
+        self.vcpu.rip = insn.next_address
+        self.vcpu.retire_emulated()
+
+    def perform_after_stop(self, action: Callable[[], None]) -> None:
+        """Native work that edits descriptor caches cannot run inside Unicorn: stop first."""
+        self._after_stop = action
+        self.vcpu.request_stop()
+
+    def interruptible(self) -> bool:
+        """RFLAGS.IF = 1 and no blocking by STI or MOV SS (SDM 6.8.3, 24.4.2)."""
+        if not self.vcpu.read(U.UC_X86_REG_RFLAGS) & RFLAGS_IF:
+            return False
+        return not self.vcpu.context.load().hflags & HF_INHIBIT_IRQ
+
+    def activity_on_injection(self) -> None:
+        """An injected event takes the guest out of HLT (SDM 26.6.2)."""
+        if self.activity is Activity.HLT:
+            self.activity = Activity.ACTIVE
+
+    # --- exits ----------------------------------------------------------------------------
+    def _make_exit(self, reason: ExitReason, rip: int, **fields: object) -> VmExit:
+        exit = VmExit(reason, rip, sequence=self.exits_taken, vcpu=self.index,
+                      instructions=self.vcpu.instructions_retired, **fields)  # type: ignore[arg-type]
+        self.history.append(exit)
+        return exit
+
+    def exit_instruction(self, reason: ExitReason, insn: Instruction, qualification: int = 0,
+                         info: int = 0, linear: int | None = None, detail: str | None = None) -> None:
+        """A fault-like instruction exit from a code hook: RIP at the instruction (SDM 27.1)."""
+        exit = self._make_exit(reason, insn.address, qualification=qualification,
+                               instruction_length=insn.size, instruction_info=info,
+                               guest_linear=linear, detail=detail, instruction=insn)
+        self._take(exit)
+
+    def _take(self, exit: VmExit) -> None:
+        self._advanced = False
+        decision = vm_exit(self, exit)
+        self._after_exit(exit, decision)
+
+    def _after_exit(self, exit: VmExit, decision: ExitDecision) -> None:
+        if exit.completes_natively and not self._advanced and self._inline:
+            self._rewind = {U.UC_X86_REG_RIP: exit.guest_rip}
+        if decision is ExitDecision.RESUME:
+            self._entry_pending = True
+            if self._inline and self._trivial_entry():
+                self._entry_pending = False
+                return
+        elif decision is ExitDecision.HALT:
+            self.blocked = True
+        else:
+            self.stopped = True
+        if self._inline:
+            self.vcpu.request_stop()
+
+    def _trivial_entry(self) -> bool:
+        """Nothing for VM entry to check, inject or report: the guest may simply continue."""
+        if self.vmcs.is_dirty() or self._rewind is not None or self._pending_event is not None:
+            return False
+        if self.vmcs.read(F.VM_ENTRY_INTR_INFO_FIELD) >> 31:
+            return False
+        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary:
+            return False
+        return not (self.interrupts is not None and self.interrupts.intr_asserted())
+
+    def raise_exception(self, vector: int, error_code: int | None = None,
+                        cr2: int | None = None, rip: int | None = None) -> None:
+        """A hardware exception detected by the processor: exit if the bitmap says so, else deliver."""
+        rip = self.vcpu.rip if rip is None else rip
+        if self.intercepts.exception_exits(vector, error_code):
+            exit = self._make_exit(
+                ExitReason.EXCEPTION_OR_NMI, rip, qualification=cr2 if vector == PAGE_FAULT else 0,
+                interruption=InterruptionInfo.exception(vector, error_code=error_code is not None),
+                interruption_error=error_code, detail=f"vector {vector}")
+            self._take(exit)
+            return
+        if vector == PAGE_FAULT and cr2 is not None:
+            self.vcpu.write(U.UC_X86_REG_CR2, cr2)
+        self._pending_event = (Event.exception(vector, error_code), rip)
+        if self._inline:
+            self.vcpu.request_stop()
+
+    def translation_exit(self, fault: TranslationFault, fault_address: int | None) -> VmExit:
+        """EPT violation (48) or misconfiguration (49) for a refused guest-physical access."""
+        assert isinstance(fault, SecondLevelFault), fault
+        rip = self.vcpu.rip
+        if fault.misconfiguration:
+            return self._make_exit(ExitReason.EPT_MISCONFIG, rip, guest_physical=fault.gpa,
+                                   detail=f"gpa {fault.gpa:#x}")
+        gpa = fault.gpa
+        final_access = fault.qualification & (1 << 8)
+        if final_access and fault_address is not None:
+            gpa = (gpa & ~0xFFF) | (fault_address & 0xFFF)
+        linear = fault_address if fault_address is not None else fault.linear
+        return self._make_exit(ExitReason.EPT_VIOLATION, rip, qualification=fault.qualification,
+                               guest_physical=gpa,
+                               guest_linear=linear if fault.qualification & (1 << 7) else None,
+                               detail=f"gpa {gpa:#x}")
+
+    # --- the vCPU's events (machine.vcpu.CpuEvents) ---------------------------------------
+    def port_in(self, port: int, size: int) -> int:
+        insn = self._io_instruction()
+        if insn.id in _STRING_IO:
+            return self._string_io(insn, port, size, IoDirection.IN)
+        if not self.intercepts.io_exits(port, size):
+            return self.ports.read(port, size)
+        qualification = IoQualification(size, IoDirection.IN, immediate=bool(insn.immediates),
+                                        port=port).encode()
+        old_rax = self.vcpu.read(U.UC_X86_REG_RAX)
+        self._io_exit(insn, qualification, f"in {port:#x}")
+        if self._rewind is not None:
+            self._rewind[U.UC_X86_REG_RAX] = old_rax
+        return self.vcpu.read(U.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
+
+    def port_out(self, port: int, size: int, value: int) -> None:
+        insn = self._io_instruction()
+        if insn.id in _STRING_IO:
+            self._string_io(insn, port, size, IoDirection.OUT)
+            return
+        if not self.intercepts.io_exits(port, size):
+            self.ports.write(port, size, value)
+            return
+        qualification = IoQualification(size, IoDirection.OUT, immediate=bool(insn.immediates),
+                                        port=port).encode()
+        self._io_exit(insn, qualification, f"out {port:#x}")
+
+    def _io_exit(self, insn: Instruction, qualification: int, detail: str) -> None:
+        exit = self._make_exit(ExitReason.IO_INSTRUCTION, insn.address, qualification=qualification,
+                               instruction_length=insn.size, detail=detail, instruction=insn,
+                               completes_natively=True)
+        self._take(exit)
+
+    def _io_instruction(self) -> Instruction:
+        """The IN/OUT/INS/OUTS at RIP, decoded once per address while its page's code is unchanged."""
+        rip = self.vcpu.rip
+        version = self.vcpu.code_version(rip)
+        key = rip ^ (version << 64)
+        insn = self._io_cache.get(key)
+        if insn is None:
+            insn = self.vcpu.decode_at(rip)
+            assert insn is not None, f"no I/O instruction at {rip:#x}"
+            self._io_cache[key] = insn
+        return insn
+
+    def _string_io(self, insn: Instruction, port: int, size: int, direction: IoDirection) -> int:
+        """INS/OUTS exit once for the whole instruction (SDM 25.1.3). Unicorn is mid-iteration here,
+        so the exit is taken after it stops, with RSI/RDI/RCX/RIP put back as they were."""
+        registers = {reg: self.vcpu.read(reg) for reg in
+                     (U.UC_X86_REG_RIP, U.UC_X86_REG_RSI, U.UC_X86_REG_RDI, U.UC_X86_REG_RCX)}
+        if self.intercepts.io_exits(port, size):
+            qualification = IoQualification(size, direction, string=True, rep=insn.has_rep,
+                                            port=port).encode()
+            exit = self._make_exit(ExitReason.IO_INSTRUCTION, insn.address, qualification=qualification,
+                                   instruction_length=insn.size, detail=f"{insn.mnemonic} {port:#x}",
+                                   instruction=insn)
+        else:
+            exit = None
+        self._deferred = (exit, registers)  # type: ignore[assignment]
+        self.vcpu.request_stop()
+        return self._current_destination_byte(insn, size) if direction is IoDirection.IN else 0
+
+    def _current_destination_byte(self, insn: Instruction, size: int) -> int:
+        """What INS is about to overwrite, so Unicorn's partial iteration changes nothing."""
+        try:
+            linear = self.vcpu.segment_base_es() + self.vcpu.read(U.UC_X86_REG_RDI)
+            return int.from_bytes(self.vcpu.read_linear(linear, size), "little")
+        except TranslationFault:
+            return 0
+
+    def cpuid(self) -> None:
+        leaf = self.vcpu.read(U.UC_X86_REG_EAX)
+        exit = self._make_exit(ExitReason.CPUID, self.vcpu.rip, instruction_length=2,
+                               detail=f"leaf {leaf:#x}", completes_natively=True)
+        self._take(exit)
+
+    def rdtsc(self, with_aux: bool) -> None:
+        rip = self.vcpu.rip
+        if with_aux and S.ENABLE_RDTSCP not in self.intercepts.secondary:
+            self.raise_exception(6, rip=rip)
+            return
+        if P.RDTSC_EXITING in self.intercepts.primary:
+            reason = ExitReason.RDTSCP if with_aux else ExitReason.RDTSC
+            self._take(self._make_exit(reason, rip, instruction_length=3 if with_aux else 2,
+                                       completes_natively=True, detail=reason.name.lower()))
+            return
+        value = self.guest_tsc()
+        self.vcpu.write(U.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self.vcpu.write(U.UC_X86_REG_RDX, value >> 32)
+        if with_aux:
+            self.vcpu.write(U.UC_X86_REG_RCX, self.msrs.read(IA32_TSC_AUX) & 0xFFFFFFFF)
+
+    def sensitive_instruction(self, site: Site) -> None:
+        insn = self.vcpu.decoder.decode(site.raw, self.vcpu.rip, self.vcpu.code_mode())
+        if insn is None:
+            return
+        kind = _kind_of(insn)
+        if kind is None or kind not in self.vcpu.sites.kinds:
+            return  # this address holds other code now (another mapping or mode)
+        try:
+            instructions.handle(self, kind, insn)
+        except GuestException as fault:
+            self.raise_exception(fault.vector, fault.error_code, rip=insn.address)
+
+    # --- the run loop's interface ---------------------------------------------------------
+    def run_slice(self, budget: int | None) -> bool:
+        """Finish pending entry work, run the guest until it stops, handle why. False if the
+        vCPU could not run (halted, blocked in the hypervisor, or stopped)."""
+        if not self._prepare():
+            return False
+        budget = self._slice_budget(budget)
+        self._inline = True
+        try:
+            stop = self.vcpu.run(budget)
+        finally:
+            self._inline = False
+        self._handle_stop(stop)
+        return True
+
+    def can_wake(self) -> bool:
+        """Would a halted or blocked vCPU have something to do now?"""
+        if self.stopped:
+            return False
+        if self._pending_event is not None or self.vmcs.read(F.VM_ENTRY_INTR_INFO_FIELD) >> 31:
+            return True
+        if self.interrupts is None or not self.interrupts.intr_asserted():
+            return False
+        exiting = PinBasedControls.EXTERNAL_INTERRUPT_EXITING in self.intercepts.pin
+        if self.blocked:
+            return bool(self.vcpu.read(U.UC_X86_REG_RFLAGS) & RFLAGS_IF)
+        return exiting or self.interruptible()
+
+    def _slice_budget(self, budget: int | None) -> int | None:
+        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary:
+            return 1  # step until the window opens
+        deadline = self._preemption_deadline
+        if deadline is not None:
+            remaining = max(1, deadline - self.vcpu.clock.now_ns())
+            budget = remaining if budget is None else min(budget, remaining)
+        return budget
+
+    def _prepare(self) -> bool:
+        """Everything owed before the next guest instruction, in the processor's order."""
+        while True:
+            if self.stopped:
+                return False
+            if self._rewind is not None:
+                self._apply_rewind()
+            if self.blocked:
+                if not self.can_wake():
+                    return False
+                self.blocked = False
+            if self._entry_pending:
+                self._entry_pending = False
+                exit = vm_entry(self)
+                self._arm_preemption_timer()
+                if exit is not None:
+                    self._take(exit)
+                    continue
+            if self._pending_event is not None:
+                event, rip = self._pending_event
+                self._pending_event = None
+                self.activity_on_injection()
+                exit = deliver_event(self, event, rip)
+                if exit is not None:
+                    self._take(exit)
+                continue
+            if self._after_stop is not None:
+                action, self._after_stop = self._after_stop, None
+                try:
+                    action()
+                except GuestException as fault:
+                    self.raise_exception(fault.vector, fault.error_code)
+                continue
+            exit = self._asynchronous_exit()
+            if exit is not None:
+                self._take(exit)
+                continue
+            if self._deliver_external_interrupt():
+                continue
+            return self.activity is Activity.ACTIVE
+
+    def _apply_rewind(self) -> None:
+        """Undo Unicorn's completion of an instruction whose exit the hypervisor left pending."""
+        registers, self._rewind = self._rewind, None
+        assert registers is not None
+        for register, value in registers.items():
+            self.vcpu.write(register, value)
+        self.vcpu.retire_emulated(-1)
+
+    def _asynchronous_exit(self) -> VmExit | None:
+        """Exits that happen between instructions: external interrupt, interrupt window,
+        preemption timer (SDM 25.2, 26.7.5, 25.5.1), in priority order."""
+        rip = self.vcpu.rip
+        pin = self.intercepts.pin
+        if (PinBasedControls.EXTERNAL_INTERRUPT_EXITING in pin and self.interrupts is not None
+                and self.interrupts.intr_asserted()):
+            self.activity_on_injection()
+            return self._external_interrupt_exit(rip)
+        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary and self.interruptible():
+            self.activity_on_injection()
+            return self._make_exit(ExitReason.INTERRUPT_WINDOW, rip)
+        deadline = self._preemption_deadline
+        if deadline is not None and self.vcpu.clock.now_ns() >= deadline:
+            self._preemption_deadline = None
+            return self._make_exit(ExitReason.PREEMPTION_TIMER, rip)
+        return None
+
+    def _external_interrupt_exit(self, rip: int) -> VmExit:
+        assert self.interrupts is not None
+        if ExitControls.ACKNOWLEDGE_INTERRUPT_ON_EXIT in self.intercepts.exit_controls:
+            vector = self.interrupts.acknowledge()
+            return self._make_exit(ExitReason.EXTERNAL_INTERRUPT, rip,
+                                   interruption=InterruptionInfo.external_interrupt(vector),
+                                   detail=f"vector {vector:#x}")
+        return self._make_exit(ExitReason.EXTERNAL_INTERRUPT, rip)
+
+    def _deliver_external_interrupt(self) -> bool:
+        """Without external-interrupt exiting, INTR reaches the guest IDT directly (SDM 25.2)."""
+        if self.interrupts is None or PinBasedControls.EXTERNAL_INTERRUPT_EXITING in self.intercepts.pin:
+            return False
+        if not self.interrupts.intr_asserted() or not self.interruptible():
+            return False
+        vector = self.interrupts.acknowledge()
+        self._pending_event = (Event(vector, EventType.EXTERNAL_INTERRUPT), self.vcpu.rip)
+        return True
+
+    def _arm_preemption_timer(self) -> None:
+        """The timer counts down from its VMCS value at TSC >> rate (SDM 25.5.1)."""
+        if PinBasedControls.ACTIVATE_PREEMPTION_TIMER not in self.intercepts.pin:
+            self._preemption_deadline = None
+            return
+        ticks = self.vmcs.read(F.VMX_PREEMPTION_TIMER_VALUE)
+        self._preemption_deadline = self.vcpu.clock.now_ns() + (ticks << self.caps.preemption_timer_rate)
+
+    # --- stops ----------------------------------------------------------------------------
+    def _handle_stop(self, stop: Stop) -> None:
+        if stop.kind is StopKind.HOOK_ERROR:
+            assert stop.error is not None
+            raise stop.error
+        if self._deferred is not None:
+            self._take_deferred()
+            return
+        handler = _STOP_HANDLERS.get(stop.kind)
+        if handler is not None:
+            handler(self, stop)
+
+    def _take_deferred(self) -> None:
+        """A string I/O instruction: restore what Unicorn's partial iteration changed, then exit
+        (or, when the bitmap lets it through, let the hypervisor's I/O path emulate it natively)."""
+        exit, registers = self._deferred  # type: ignore[misc]
+        self._deferred = None
+        for register, value in registers.items():
+            self.vcpu.write(register, value)
+        self.vcpu.retire_emulated(-1)
+        if exit is None:
+            self._pending_string_passthrough(registers[U.UC_X86_REG_RIP])
+            return
+        self._take(exit)
+
+    def _pending_string_passthrough(self, rip: int) -> None:
+        insn = self.vcpu.decode_at(rip)
+        assert insn is not None
+        self.string_io_passthrough(insn)
+
+    string_io_passthrough: Callable[[Instruction], None] = lambda self, insn: None  # set by hv
+
+    def _on_exception(self, stop: Stop) -> None:
+        if stop.software:
+            self._software_event(stop)
+            return
+        vector = stop.vector
+        error = stop.error_code if vector in _ERROR_CODE_VECTORS else None
+        self.raise_exception(vector, error)
+
+    def _software_event(self, stop: Stop) -> None:
+        """INT n, INT3, INTO, INT1: Unicorn reports them with RIP already past the instruction."""
+        rip = self.vcpu.rip
+        kind, length = _software_kind(self.vcpu.read_linear_rip_bytes(rip, 2), stop.vector)
+        exits = kind is not EventType.SOFTWARE_INTERRUPT and self.intercepts.exception_exits(stop.vector, None)
+        if not exits:
+            self._pending_event = (Event(stop.vector, kind), rip)
+            return
+        self.vcpu.rip = rip - length
+        self.vcpu.retire_emulated(-1)
+        info = InterruptionInfo(stop.vector, InterruptionType(int(kind)))
+        self._take(self._make_exit(ExitReason.EXCEPTION_OR_NMI, rip - length, instruction_length=length,
+                                   interruption=info, detail=f"vector {stop.vector}"))
+
+    def _on_translation_fault(self, stop: Stop) -> None:
+        fault = stop.fault
+        if isinstance(fault, GuestPageFault):
+            self.raise_exception(PAGE_FAULT, fault.error_code, cr2=stop.fault_address or fault.linear)
+            return
+        assert fault is not None
+        self._take(self.translation_exit(fault, stop.fault_address))
+
+    def _on_invalid_opcode(self, stop: Stop) -> None:
+        insn = self.vcpu.decode_at()
+        reason = VMX_INSTRUCTION_EXITS.get(insn.id) if insn is not None else None
+        if reason is None or insn is None:
+            self.raise_exception(6)
+            return
+        self._take(self._make_exit(reason, insn.address, instruction_length=insn.size,
+                                   detail=insn.mnemonic, instruction=insn))
+
+    def _on_hlt(self, stop: Stop) -> None:
+        """Unicorn executed HLT; with HLT exiting this is a fault-like exit at the HLT."""
+        rip = self.vcpu.rip - 1
+        if P.HLT_EXITING in self.intercepts.primary:
+            exit = self._make_exit(ExitReason.HLT, rip, instruction_length=1, completes_natively=True)
+            self._advanced = False
+            decision = vm_exit(self, exit)
+            if not self._advanced:
+                self._rewind = {U.UC_X86_REG_RIP: rip}
+            self._after_exit(exit, decision)
+            return
+        self.activity = Activity.HLT
+
+
+def _kind_of(insn: Instruction) -> object:
+    from vtemu.machine.sites import classify
+    return classify(insn)
+
+
+def _software_kind(before: bytes, vector: int) -> tuple[EventType, int]:
+    """Which instruction raised a software event, from the bytes that precede RIP."""
+    if before[-1:] == b"\xcc" and vector == 3:
+        return EventType.SOFTWARE_EXCEPTION, 1
+    if before[-1:] == b"\xce" and vector == 4:
+        return EventType.SOFTWARE_EXCEPTION, 1
+    if before[-1:] == b"\xf1" and vector == 1:
+        return EventType.PRIVILEGED_SOFTWARE_EXCEPTION, 1
+    return EventType.SOFTWARE_INTERRUPT, 2
+
+
+_ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+_STOP_HANDLERS: dict[StopKind, Callable[[VmxCpu, Stop], None]] = {
+    StopKind.EXCEPTION: VmxCpu._on_exception,
+    StopKind.TRANSLATION_FAULT: VmxCpu._on_translation_fault,
+    StopKind.INVALID_OPCODE: VmxCpu._on_invalid_opcode,
+    StopKind.HALT: VmxCpu._on_hlt,
+}

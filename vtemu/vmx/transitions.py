@@ -1,0 +1,125 @@
+"""VM exit and VM entry, written as the SDM's steps (Vol. 3C chapters 26 and 27).
+
+These are the only two places where control passes between the guest and the hypervisor.
+Both work on the live vCPU: the VMCS guest-state area is a view of its registers
+(guest_state.py), so "saving" and "loading" guest state are no-ops that the steps name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from vtemu.machine.delivery import Event, EventType, TripleFault, deliver
+from vtemu.machine.translation import TranslationFault
+from vtemu.vmx.entry_checks import check_controls, check_guest_state
+from vtemu.vmx.exit import ExitDecision, VmExit
+from vtemu.vmx.fields import VmcsField as F
+from vtemu.vmx.interruption import InterruptionInfo, InterruptionType
+from vtemu.vmx.reasons import ExitReason, ExitReasonField
+
+if TYPE_CHECKING:
+    from vtemu.vmx.cpu import VmxCpu
+
+
+class VmEntryFailed(Exception):
+    """VMRESUME failed with VMfailValid (SDM 26.2): the hypervisor built an invalid VMCS."""
+
+
+def vm_exit(cpu: "VmxCpu", exit: VmExit) -> ExitDecision:
+    """SDM 27: leave VMX non-root operation and hand the exit to the hypervisor."""
+    vmcs = cpu.vmcs
+    # 27.1 Architectural state before a VM exit: a fault-like exit leaves the instruction
+    #      unexecuted (guest RIP points at it); nothing of the guest has changed yet.
+    # 27.2 Recording VM-exit information and updating VM-entry control fields.
+    reason = ExitReasonField(exit.reason, entry_failure=exit.entry_failure)
+    vmcs.record_exit_info(F.EXIT_REASON, reason.encode())
+    vmcs.record_exit_info(F.EXIT_QUALIFICATION, exit.qualification)
+    vmcs.record_exit_info(F.VM_EXIT_INSTRUCTION_LEN, exit.instruction_length)
+    vmcs.record_exit_info(F.VMX_INSTRUCTION_INFO, exit.instruction_info)
+    vmcs.record_exit_info(F.GUEST_LINEAR_ADDRESS, exit.guest_linear or 0)
+    vmcs.record_exit_info(F.GUEST_PHYSICAL_ADDRESS, exit.guest_physical or 0)
+    _record_event(vmcs, F.VM_EXIT_INTR_INFO, F.VM_EXIT_INTR_ERROR_CODE,
+                  exit.interruption, exit.interruption_error)
+    _record_event(vmcs, F.IDT_VECTORING_INFO_FIELD, F.IDT_VECTORING_ERROR_CODE,
+                  exit.idt_vectoring, exit.idt_vectoring_error)
+    # "VM exits clear the valid bit of the VM-entry interruption-information field" (27.2.5).
+    vmcs.cpu_write(F.VM_ENTRY_INTR_INFO_FIELD, 0)
+    # 27.3 Saving guest state: the guest-state area is the live vCPU; nothing to copy.
+    # 27.4 Saving MSRs: vtemu offers no MSR-store area (entry checks keep the count at 0).
+    # 27.5 Loading host state, 27.6 loading host MSRs: the hypervisor is Python code, so
+    #      there is no host CPU state to load; control simply passes to it.
+    cpu.exits_taken += 1
+    return cpu.exit_handler(exit)
+
+
+def _record_event(vmcs: object, info_field: F, error_field: F, info: InterruptionInfo | None,
+                  error_code: int | None) -> None:
+    vmcs.record_exit_info(info_field, info.encode() if info is not None else 0)  # type: ignore[attr-defined]
+    vmcs.record_exit_info(error_field, error_code or 0)  # type: ignore[attr-defined]
+
+
+def vm_entry(cpu: "VmxCpu") -> VmExit | None:
+    """SDM 26: VMRESUME. Returns an exit when entry fails or ends before any guest instruction."""
+    vmcs = cpu.vmcs
+    if vmcs.is_dirty():
+        # 26.2 Checks on VMX controls and host-state area: failure is VMfailValid.
+        failure = check_controls(vmcs, cpu.caps)
+        if failure is not None:
+            raise VmEntryFailed(str(failure))
+        # 26.3 Checking and loading guest state: failure is a VM exit with reason bit 31.
+        failure = check_guest_state(vmcs, cpu.caps)
+        if failure is not None:
+            return VmExit(ExitReason.ENTRY_FAILURE_GUEST_STATE, cpu.vcpu.rip,
+                          qualification=int(failure.qualification), entry_failure=True,
+                          detail=str(failure))
+        vmcs.clear_dirty()
+        cpu.reload_controls()
+    # 26.4 Loading MSRs: no MSR-load area (count 0).
+    # 26.5 Event injection.
+    injected = _inject(cpu)
+    if injected is not None:
+        return injected
+    # 26.6 Special features of VM entry / 26.7 VM exits immediately after entry: the caller
+    # evaluates pending external interrupts, the interrupt window and the preemption timer.
+    return None
+
+
+def _inject(cpu: "VmxCpu") -> VmExit | None:
+    """26.5.1: deliver the VM-entry interruption through the guest IDT as if it had occurred."""
+    vmcs = cpu.vmcs
+    raw = vmcs.read(F.VM_ENTRY_INTR_INFO_FIELD)
+    info = InterruptionInfo.decode(raw)
+    if not info.valid:
+        return None
+    vmcs.cpu_write(F.VM_ENTRY_INTR_INFO_FIELD, 0)
+    error = vmcs.read(F.VM_ENTRY_EXCEPTION_ERROR_CODE) if info.deliver_error_code else None
+    event = Event(info.vector, EventType(int(info.type)), error)
+    length = vmcs.read(F.VM_ENTRY_INSTRUCTION_LEN) if info.type.is_software else 0
+    cpu.activity_on_injection()
+    return deliver_event(cpu, event, cpu.vcpu.rip + length, info, error)
+
+
+def deliver_event(cpu: "VmxCpu", event: Event, return_rip: int,
+                  vectoring: InterruptionInfo | None = None, error: int | None = None
+                  ) -> VmExit | None:
+    """Deliver through the guest IDT; a triple fault or an EPT fault during delivery exits."""
+    try:
+        deliver(cpu.vcpu, event, return_rip)
+    except TripleFault:
+        return VmExit(ExitReason.TRIPLE_FAULT, cpu.vcpu.rip, detail=f"while delivering vector {event.vector}")
+    except TranslationFault as fault:
+        exit = cpu.translation_exit(fault, fault_address=None)
+        vectoring = vectoring or _as_interruption(event)
+        return _with_vectoring(exit, vectoring, error if error is not None else event.error_code)
+    return None
+
+
+def _as_interruption(event: Event) -> InterruptionInfo:
+    return InterruptionInfo(event.vector, InterruptionType(int(event.type)),
+                            deliver_error_code=event.error_code is not None)
+
+
+def _with_vectoring(exit: VmExit, info: InterruptionInfo, error: int | None) -> VmExit:
+    """An exit during event delivery reports the event in the IDT-vectoring fields (27.2.4)."""
+    return replace(exit, idt_vectoring=info, idt_vectoring_error=error)
