@@ -14,6 +14,8 @@
  * the 32-bit code runs; 16-bit code uses label - F0000h as offsets within segment F000h.
  */
 
+.include "x86.inc"
+
 .equ ROM_BASE, 0xF0000
 .equ FW_CFG_SELECTOR, 0x510
 .equ FW_CFG_DATA, 0x511
@@ -56,7 +58,10 @@ init16:
     mov es, ax
     mov al, 0x01
     out POST, al
-    lgdt cs:[gdt_descriptor - ROM_BASE]
+    mov ax, 0xF000
+    mov ds, ax
+    /* o32 lgdt [gdt_descriptor - rom_start] with DS = F000h (full 32-bit GDT base) */
+    LGDT16_32 gdt_descriptor - rom_start
     mov eax, cr0
     or eax, 1
     mov cr0, eax
@@ -426,12 +431,14 @@ msg_overlap:      .ascii "vtemu firmware: kernel overlaps its staging copy at th
 loader_name:      .ascii "vtemu firmware"
                   .byte 0
 
-/* ---- GDT: null, flat 32-bit code (08h), flat data (10h) ---------------------------- */
+/* ---- GDT: null, flat 32-bit code (08h), flat data (10h) ----------------------------
+   The accessed bits are preset: the GDT lives in ROM, and a segment load would otherwise
+   try to set them (SDM Vol. 3A 3.4.5.1) with a write the ROM discards. */
 .balign 8
 gdt:
     .quad 0
-    .quad 0x00CF9A000000FFFF
-    .quad 0x00CF92000000FFFF
+    .quad 0x00CF9B000000FFFF
+    .quad 0x00CF93000000FFFF
 gdt_end:
 gdt_descriptor:
     .word gdt_end - gdt - 1

@@ -65,6 +65,7 @@ class Instruction:
     memory: MemoryOperand | None
     operand_sizes: tuple[int, ...]
     raw: bytes
+    memory_position: int = -1   # index of the memory operand among the operands (0 = destination)
 
     @property
     def next_address(self) -> int:
@@ -115,7 +116,8 @@ def _convert(insn: capstone.CsInsn, mode: CodeMode) -> Instruction:
     immediates: list[int] = []
     sizes: list[int] = []
     memory: MemoryOperand | None = None
-    for operand in insn.operands:
+    memory_position = -1
+    for position, operand in enumerate(insn.operands):
         sizes.append(operand.size)
         if operand.type == C.X86_OP_REG:
             registers.append(CAPSTONE_TO_UNICORN.get(operand.reg, 0))
@@ -123,11 +125,12 @@ def _convert(insn: capstone.CsInsn, mode: CodeMode) -> Instruction:
             immediates.append(operand.imm)
         elif operand.type == C.X86_OP_MEM:
             memory = _memory_operand(operand)
+            memory_position = position
     return Instruction(
         address=insn.address, size=insn.size, mode=mode, id=insn.id, mnemonic=insn.mnemonic,
         op_str=insn.op_str, prefixes=tuple(p for p in insn.prefix if p), addr_size=insn.addr_size,
         registers=tuple(registers), immediates=tuple(immediates), memory=memory,
-        operand_sizes=tuple(sizes), raw=bytes(insn.bytes))
+        operand_sizes=tuple(sizes), raw=bytes(insn.bytes), memory_position=memory_position)
 
 
 def _memory_operand(operand: object) -> MemoryOperand:

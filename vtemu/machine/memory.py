@@ -113,9 +113,9 @@ class HostMemory:
         region = self.region(hpa, 4)
         _U32.pack_into(region.buffer, hpa - region.hpa, value & 0xFFFFFFFF)
 
-    def map_into(self, uc: unicorn.Uc) -> None:
-        """Make every region part of an engine's physical address space."""
-        for region in self.regions:
+    def map_into(self, uc: unicorn.Uc, regions: list[HostRegion] | None = None) -> None:
+        """Make regions (default: all) part of an engine's physical address space."""
+        for region in self.regions if regions is None else regions:
             uc.mem_map_ptr(region.hpa, region.size, region.perms, region.host_address)
 
 

@@ -193,6 +193,13 @@ class SiteRegistry:
         if hook is not None:
             self._remove_hook(hook)
 
+    def version(self, vpage: int) -> int:
+        """A number that changes when the page's mapping or code changes (-1: never scanned)."""
+        scan = self._scans.get(vpage)
+        if scan is None:
+            return -1
+        return (scan.hpa_page << 20) | (self.generation.get(scan.hpa_page, 0) & 0xFFFFF)
+
     def replant(self, kinds: frozenset[SiteKind]) -> None:
         """New site classes (controls changed): forget every scan; pages rescan on next fetch."""
         for address in list(self._hooks):

@@ -28,7 +28,7 @@ from vtemu.machine.addr import PAGE_MASK, PAGE_SIZE
 from vtemu.machine.clock import GuestClock
 from vtemu.machine.cpustate import HF_CS32, HF_CS64, CpuContext, Seg, SegmentCache
 from vtemu.machine.decode import CodeMode, Decoder, Instruction, MAX_INSN_LENGTH
-from vtemu.machine.memory import HostMemory
+from vtemu.machine.memory import HostMemory, HostRegion
 from vtemu.machine.sites import Site, SiteKind, SiteRegistry
 from vtemu.machine.translation import (Fill, GuestPageFault, MemoryAccess, PagingRegs, TranslationFault,
                                       Translator)
@@ -97,7 +97,9 @@ class _Phase(Enum):
 
 class VCpu:
     def __init__(self, index: int, memory: HostMemory, clock: GuestClock,
-                 translator: Translator, events: CpuEvents | None = None) -> None:
+                 translator: Translator, events: CpuEvents | None = None,
+                 regions: list[HostRegion] | None = None) -> None:
+        """`regions`: the host memory this vCPU's physical space contains (default: all)."""
         self.index = index
         self.memory = memory
         self.clock = clock
@@ -107,7 +109,7 @@ class VCpu:
         self.engine = Engine(_real_mode_engine())
         self.context = CpuContext(self.engine)
         self.sites = SiteRegistry(self.decoder, self._plant_site, lambda hook: hook.remove())
-        memory.map_into(self.engine.uc)
+        memory.map_into(self.engine.uc, regions)
         self.engine.uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
         self.engine.uc.ctl_exits_enabled(True)  # empty exit set: no "until" address to invalidate
         self._install_hooks()
@@ -118,6 +120,8 @@ class VCpu:
         self._fault: tuple[TranslationFault, MemoryAccess] | None = None
         self._deferred_flush = False
         self._running = False
+        self._emulated_in_hook = False
+        self._stop_phase = _Phase.NONE
         self.tlb_fills = 0
         clock.attach_progress(self._running_instructions)
         self.reset()
@@ -157,7 +161,7 @@ class VCpu:
         context.set_table("tr", SegmentCache(0, 0, 0xFFFF, 0x8B00))
         context.store()
         write(U.UC_X86_REG_RIP, layout.RESET_IP)
-        self.tpr = 0
+        self.tpr = 0  # CR8 / task-priority register (Unicorn's own CR8 reads as 0)
 
     # --- registers -----------------------------------------------------------------------
     def read(self, reg: int) -> int:
@@ -248,6 +252,16 @@ class VCpu:
                 pass
         return data
 
+    def code_version(self, rip: int) -> int:
+        """Changes whenever the code page holding CS:rip is remapped or rewritten."""
+        linear = (self.segment(Seg.CS).base + rip) & 0xFFFFFFFFFFFFFFFF
+        return self.sites.version(linear & PAGE_MASK)
+
+    def bytes_before(self, rip: int, count: int) -> bytes:
+        """The `count` instruction bytes that end at CS:rip (what software events just executed)."""
+        linear = (self.segment(Seg.CS).base + rip - count) & 0xFFFFFFFFFFFFFFFF
+        return self.read_linear(linear, count, MemoryAccess.FETCH)
+
     def decode_at(self, rip: int | None = None) -> Instruction | None:
         """Decode the instruction at CS:rip (default: the current RIP)."""
         rip = self.rip if rip is None else rip
@@ -261,6 +275,8 @@ class VCpu:
         self._before_run(budget is not None)
         self._stop = None
         self._fault = None
+        self._emulated_in_hook = False
+        self._stop_phase = _Phase.NONE
         status = self.engine.start(self.rip, budget or 0)
         self._phase = _Phase.NONE
         stop = self._classify(status, budget)
@@ -295,6 +311,19 @@ class VCpu:
             return self.engine.counted_instructions()
         return 0
 
+    def retire_emulated(self, count: int = 1) -> None:
+        """Account for instructions completed (or, with a negative count, undone) by emulation.
+
+        Inside a code hook the count hook already counted the instruction Unicorn was about
+        to execute: if emulation completes it, a later stop must not subtract it again."""
+        if self._running:
+            if self._phase is _Phase.BEFORE and count > 0:
+                self._emulated_in_hook = True
+            return
+        if self.counting:
+            self.instructions_retired += count
+            self.clock.retire(count)
+
     def request_stop(self) -> None:
         """Called from an event handler: leave emulation at the next instruction boundary."""
         if self._stop is None:
@@ -326,7 +355,7 @@ class VCpu:
         assert stop is not None
         if stop.kind is StopKind.EXCEPTION:
             retired = counter if stop.software else max(counter - 1, 0)
-        elif getattr(self, "_stop_phase", _Phase.NONE) is _Phase.BEFORE:
+        elif self._stop_phase is _Phase.BEFORE and not self._emulated_in_hook:
             retired = max(counter - 1, 0)
         else:
             retired = counter
@@ -335,20 +364,32 @@ class VCpu:
     # --- hooks ---------------------------------------------------------------------------
     def _on_in(self, port: int, size: int) -> int:
         self._phase = _Phase.DURING
-        return self.events.port_in(port, size)
+        try:
+            return self.events.port_in(port, size)
+        finally:
+            self._phase = _Phase.NONE
 
     def _on_out(self, port: int, size: int, value: int) -> None:
         self._phase = _Phase.DURING
-        self.events.port_out(port, size, value)
+        try:
+            self.events.port_out(port, size, value)
+        finally:
+            self._phase = _Phase.NONE
 
     def _on_cpuid(self) -> int:
         self._phase = _Phase.DURING
-        self.events.cpuid()
+        try:
+            self.events.cpuid()
+        finally:
+            self._phase = _Phase.NONE
         return 1
 
     def _on_rdtsc(self, with_aux: bool) -> int:
         self._phase = _Phase.DURING
-        self.events.rdtsc(with_aux)
+        try:
+            self.events.rdtsc(with_aux)
+        finally:
+            self._phase = _Phase.NONE
         return 1
 
     def _plant_site(self, address: int) -> object:
@@ -359,8 +400,10 @@ class VCpu:
         if site is None:
             return
         self._phase = _Phase.BEFORE
-        self.events.sensitive_instruction(site)
-        self._phase = _Phase.NONE
+        try:
+            self.events.sensitive_instruction(site)
+        finally:
+            self._phase = _Phase.NONE
 
     def _on_interrupt(self, vector: int) -> None:
         context = self.context.load()

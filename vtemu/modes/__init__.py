@@ -1,1 +1,17 @@
-"""CPU virtualization techniques, registered by name."""
+"""CPU virtualization techniques, registered by name (--mode)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from vtemu.modes import vtx
+
+if TYPE_CHECKING:
+    from vtemu.hv.partition import Partition
+    from vtemu.vmx.cpu import VmxCpu
+
+Configure = Callable[["VmxCpu", "Partition"], None]
+
+MODES: dict[str, Configure] = {
+    "vtx": vtx.configure,
+}

@@ -17,12 +17,12 @@ from typing import Callable, Protocol
 import capstone.x86_const as C
 import unicorn.x86_const as U
 
-from vtemu.machine.cpustate import HF_INHIBIT_IRQ
+from vtemu.machine.cpustate import HF_INHIBIT_IRQ, Seg
 from vtemu.machine.decode import Instruction
 from vtemu.machine.delivery import Event, EventType
 from vtemu.machine.memory import HostMemory
 from vtemu.machine.msrs import IA32_TSC_AUX, MsrModel, TimeStampCounter
-from vtemu.machine.sites import Site
+from vtemu.machine.sites import Site, classify
 from vtemu.machine.translation import GuestPageFault, SecondLevelFault, TranslationFault
 from vtemu.machine.vcpu import GuestException, Stop, StopKind, VCpu
 from vtemu.vmx import instructions
@@ -307,7 +307,7 @@ class VmxCpu:
     def _current_destination_byte(self, insn: Instruction, size: int) -> int:
         """What INS is about to overwrite, so Unicorn's partial iteration changes nothing."""
         try:
-            linear = self.vcpu.segment_base_es() + self.vcpu.read(U.UC_X86_REG_RDI)
+            linear = self.vcpu.segment(Seg.ES).base + self.vcpu.read(U.UC_X86_REG_RDI)
             return int.from_bytes(self.vcpu.read_linear(linear, size), "little")
         except TranslationFault:
             return 0
@@ -338,7 +338,7 @@ class VmxCpu:
         insn = self.vcpu.decoder.decode(site.raw, self.vcpu.rip, self.vcpu.code_mode())
         if insn is None:
             return
-        kind = _kind_of(insn)
+        kind = classify(insn)
         if kind is None or kind not in self.vcpu.sites.kinds:
             return  # this address holds other code now (another mapping or mode)
         try:
@@ -520,7 +520,7 @@ class VmxCpu:
     def _software_event(self, stop: Stop) -> None:
         """INT n, INT3, INTO, INT1: Unicorn reports them with RIP already past the instruction."""
         rip = self.vcpu.rip
-        kind, length = _software_kind(self.vcpu.read_linear_rip_bytes(rip, 2), stop.vector)
+        kind, length = _software_kind(self.vcpu.bytes_before(rip, 2), stop.vector)
         exits = kind is not EventType.SOFTWARE_INTERRUPT and self.intercepts.exception_exits(stop.vector, None)
         if not exits:
             self._pending_event = (Event(stop.vector, kind), rip)
@@ -560,11 +560,6 @@ class VmxCpu:
             self._after_exit(exit, decision)
             return
         self.activity = Activity.HLT
-
-
-def _kind_of(insn: Instruction) -> object:
-    from vtemu.machine.sites import classify
-    return classify(insn)
 
 
 def _software_kind(before: bytes, vector: int) -> tuple[EventType, int]:

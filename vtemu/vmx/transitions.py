@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from vtemu.machine.delivery import Event, EventType, TripleFault, deliver
 from vtemu.machine.translation import TranslationFault
+from vtemu.machine.cpustate import HF_LMA
+from vtemu.vmx.controls import EntryControls
 from vtemu.vmx.entry_checks import check_controls, check_guest_state
 from vtemu.vmx.exit import ExitDecision, VmExit
 from vtemu.vmx.fields import VmcsField as F
@@ -45,12 +47,23 @@ def vm_exit(cpu: "VmxCpu", exit: VmExit) -> ExitDecision:
                   exit.idt_vectoring, exit.idt_vectoring_error)
     # "VM exits clear the valid bit of the VM-entry interruption-information field" (27.2.5).
     vmcs.cpu_write(F.VM_ENTRY_INTR_INFO_FIELD, 0)
-    # 27.3 Saving guest state: the guest-state area is the live vCPU; nothing to copy.
+    # 27.3 Saving guest state: the guest-state area is the live vCPU; nothing to copy. With
+    #      IA32_VMX_MISC[5], the exit stores IA32_EFER.LMA into the "IA-32e mode guest"
+    #      entry control, so a guest that switched to long mode re-enters in long mode.
+    if cpu.caps.stores_lma:
+        _store_lma(cpu)
     # 27.4 Saving MSRs: vtemu offers no MSR-store area (entry checks keep the count at 0).
     # 27.5 Loading host state, 27.6 loading host MSRs: the hypervisor is Python code, so
     #      there is no host CPU state to load; control simply passes to it.
     cpu.exits_taken += 1
     return cpu.exit_handler(exit)
+
+
+def _store_lma(cpu: "VmxCpu") -> None:
+    entry = cpu.vmcs.read(F.VM_ENTRY_CONTROLS)
+    lma = bool(cpu.vcpu.context.load().hflags & HF_LMA)  # QEMU mirrors EFER.LMA in hflags
+    if bool(entry & EntryControls.IA32E_MODE_GUEST) != lma:
+        cpu.vmcs.cpu_write(F.VM_ENTRY_CONTROLS, entry ^ EntryControls.IA32E_MODE_GUEST)
 
 
 def _record_event(vmcs: object, info_field: F, error_field: F, info: InterruptionInfo | None,

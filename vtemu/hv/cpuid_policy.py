@@ -1,0 +1,91 @@
+"""The CPUID a guest sees: the silicon's features minus what vtemu does not virtualize, plus the
+hypervisor bit and leaves 40000000h-40000006h in the shape of the Hyper-V TLFS (section 2.4,
+"Hypervisor CPUID Leaves") with vtemu's own vendor id.
+
+Features are removed when vtemu cannot provide them faithfully or deterministically: VMX
+(no nested virtualization), XSAVE/AVX (no XSETBV support), RDRAND/RDSEED (host randomness
+would break replay), MONITOR/MWAIT, x2APIC/TSC-deadline and the local APIC (not modelled
+yet), SMEP and FSGSBASE (their CR4 bits are not allowed), MCE/MCA (no machine-check MSRs),
+and the thermal/debug-store features.
+"""
+
+from __future__ import annotations
+
+from vtemu.machine.cpuid import native_cpuid
+from vtemu.machine.vcpu import RESET_EDX
+
+HYPERVISOR_BASE = 0x40000000
+HYPERVISOR_MAX = 0x40000006
+VENDOR = b"VtemuVirtCPU"  # 12 bytes, EBX:ECX:EDX as the TLFS vendor-id leaf
+BRAND = b"vtemu virtual CPU (VT-x)"
+VERSION = (0, 1, 0)
+
+# CPUID.01H:ECX bits kept (SDM Vol. 2A Table 3-10).
+LEAF1_ECX_KEEP = ((1 << 0) | (1 << 1) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 19) | (1 << 20)
+                  | (1 << 22) | (1 << 23) | (1 << 25))
+LEAF1_ECX_HYPERVISOR = 1 << 31
+# CPUID.01H:EDX bits kept (Table 3-11): FPU VME DE PSE TSC MSR PAE CX8 SEP MTRR PGE CMOV PAT
+# PSE36 CLFSH MMX FXSR SSE SSE2 (no MCE, MCA, APIC, DS, ACPI, SS, HTT, TM, PBE).
+LEAF1_EDX_KEEP = sum(1 << bit for bit in (0, 1, 2, 3, 4, 5, 6, 8, 11, 12, 13, 15, 16, 17, 19,
+                                           23, 24, 25, 26))
+# CPUID.07H:EBX: BMI1, BMI2, ERMS.
+LEAF7_EBX_KEEP = (1 << 3) | (1 << 8) | (1 << 9)
+# CPUID.80000001H: ECX LAHF/SAHF, ABM/LZCNT; EDX SYSCALL, NX, 1-GiB pages, RDTSCP, LM.
+EXT1_ECX_KEEP = (1 << 0) | (1 << 5)
+EXT1_EDX_KEEP = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)
+
+
+def _text(data: bytes) -> tuple[int, ...]:
+    return tuple(int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4))
+
+
+class CpuidPolicy:
+    """CPUID values for one partition."""
+
+    def __init__(self, vcpus: int = 1) -> None:
+        self.vcpus = vcpus
+
+    def query(self, leaf: int, subleaf: int, apic_id: int) -> tuple[int, int, int, int]:
+        if HYPERVISOR_BASE <= leaf <= HYPERVISOR_MAX:
+            return self._hypervisor(leaf)
+        if leaf == 0:
+            return (0xD, *_text(b"GenuineIntel"))
+        if leaf == 1:
+            return self._leaf1(apic_id)
+        if leaf == 7:
+            return (0, native_cpuid(7, 0)[1] & LEAF7_EBX_KEEP, 0, 0) if subleaf == 0 else (0, 0, 0, 0)
+        if leaf == 0x80000000:
+            return (0x80000008, 0, 0, 0)
+        if leaf == 0x80000001:
+            native = native_cpuid(leaf)
+            return (0, 0, native[2] & EXT1_ECX_KEEP, native[3] & EXT1_EDX_KEEP)
+        if 0x80000002 <= leaf <= 0x80000004:
+            brand = BRAND.ljust(48, b"\0")
+            return _text(brand[(leaf - 0x80000002) * 16:][:16])  # type: ignore[return-value]
+        if leaf == 0x80000008:
+            return (native_cpuid(leaf)[0] & 0xFFFF, 0, 0, 0)
+        if leaf <= 0xD or 0x80000000 <= leaf <= 0x80000008:
+            return (0, 0, 0, 0)
+        return self.query(0xD, subleaf, apic_id)  # out of range: the highest basic leaf (SDM)
+
+    def _leaf1(self, apic_id: int) -> tuple[int, int, int, int]:
+        _, _, ecx, edx = native_cpuid(1)
+        ebx = (apic_id << 24) | (self.vcpus << 16) | (8 << 8)  # CLFLUSH line: 8 * 8 bytes
+        return (RESET_EDX, ebx, (ecx & LEAF1_ECX_KEEP) | LEAF1_ECX_HYPERVISOR, edx & LEAF1_EDX_KEEP)
+
+    def _hypervisor(self, leaf: int) -> tuple[int, int, int, int]:
+        """TLFS 2.4: vendor/max leaf, interface, version, features, recommendations, limits."""
+        if leaf == HYPERVISOR_BASE:
+            return (HYPERVISOR_MAX, *_text(VENDOR))
+        if leaf == HYPERVISOR_BASE + 1:
+            return (0, 0, 0, 0)  # no hypercall interface in this mode ("Hv#1" comes with PV)
+        if leaf == HYPERVISOR_BASE + 2:
+            major, minor, build = VERSION
+            return (build, (major << 16) | minor, 0, 0)
+        if leaf == HYPERVISOR_BASE + 4:
+            return (0, 0xFFFFFFFF, 0, 0)  # spinlock retries: never notify
+        if leaf == HYPERVISOR_BASE + 5:
+            return (self.vcpus, self.vcpus, 0, 0)
+        if leaf == HYPERVISOR_BASE + 6:
+            return (1 << 3, 0, 0, 0)  # hardware features in use: second-level address translation
+        return (0, 0, 0, 0)
