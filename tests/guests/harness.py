@@ -1,0 +1,145 @@
+"""Boot a guest from guests/ in-process, the way `vtemu run` does, and keep what it did.
+
+A run gives the serial bytes, the exit status (the isa-debug-exit value or a RunEnd code),
+the partition (statistics, devices) and every VM exit in order, each with the outcome the
+hypervisor chose and, for a plain OUT, the value written (read from RAX while the exit is
+being handled: an OUT handler never changes RAX). Images are assembled from source once
+per process, so the tests work without `make`; the firmware ROM likewise.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import unicorn.x86_const as U
+
+from vtemu.asm import build_guest
+from vtemu.hv.boot import build_partitions
+from vtemu.hv.outcome import Outcome
+from vtemu.hv.partition import Partition, PartitionSpec
+from vtemu.hv.runloop import RunLimits, Runner
+from vtemu.images import firmware_image
+from vtemu.vmx.exit import VmExit
+from vtemu.vmx.qualifications import IoDirection, IoQualification
+from vtemu.vmx.reasons import ExitReason
+
+PROJECT = Path(__file__).resolve().parents[2]
+GUESTS = PROJECT / "guests"
+DEFAULT_TIMEOUT_S = 30.0
+QEMU = "qemu-system-x86_64"
+DEBUG_EXIT_ARGS = ("-device", "isa-debug-exit,iobase=0xf4,iosize=0x4")
+
+
+@dataclass(frozen=True)
+class RecordedExit:
+    exit: VmExit
+    outcome: Outcome
+    out_value: int | None = None   # the value of a plain (non-string) OUT
+    time_ns: int = 0               # guest time when the exit was handled
+
+    @property
+    def reason(self) -> ExitReason:
+        return self.exit.reason
+
+    def io(self) -> IoQualification:
+        return IoQualification.decode(self.exit.qualification)
+
+
+@dataclass
+class GuestRun:
+    name: str
+    serial: bytes
+    exit_code: int
+    reason: str
+    partition: Partition
+    exits: list[RecordedExit] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.serial.decode("ascii")
+
+    def exit_signature(self) -> list[tuple[str, int, int, int]]:
+        """(reason, guest RIP, qualification, instructions retired) of every exit, in order."""
+        return [(r.exit.reason.name, r.exit.guest_rip, r.exit.qualification, r.exit.instructions)
+                for r in self.exits]
+
+
+def guest_source(name: str) -> Path:
+    return GUESTS / f"{name}.S"
+
+
+def all_guests() -> list[str]:
+    return sorted(path.stem for path in GUESTS.glob("*.S"))
+
+
+@functools.cache
+def _image(name: str, stamp: tuple[float, ...]) -> bytes:
+    return build_guest(guest_source(name))
+
+
+def guest_image(name: str) -> bytes:
+    """The assembled image, rebuilt when the source or an include changed."""
+    sources = [guest_source(name), *sorted((GUESTS / "include").glob("*.inc"))]
+    return _image(name, tuple(path.stat().st_mtime for path in sources))
+
+
+@functools.cache
+def _firmware() -> bytes:
+    return firmware_image()
+
+
+def run_guest(name: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+              max_instructions: int | None = None, image: bytes | None = None) -> GuestRun:
+    """Boot guests/<name>.S through vtemu's firmware, in this process."""
+    serial = bytearray()
+    spec = PartitionSpec(name=name, kernel=image if image is not None else guest_image(name))
+    partitions = build_partitions([spec], _firmware(), lambda index, spec: serial.extend)
+    partition = partitions[0]
+    exits: list[RecordedExit] = []
+
+    def observe(exit: VmExit, outcome: Outcome, elapsed_ns: int) -> None:
+        value = None
+        if exit.reason is ExitReason.IO_INSTRUCTION:
+            io = IoQualification.decode(exit.qualification)
+            if io.direction is IoDirection.OUT and not io.string:
+                rax = partition.vcpus[exit.vcpu].vcpu.read(U.UC_X86_REG_RAX)
+                value = rax & ((1 << (8 * io.size)) - 1)
+        exits.append(RecordedExit(exit, outcome, value, partition.clock.peek_ns()))
+
+    partition.exit_observers.append(observe)
+    Runner(partitions, RunLimits(max_instructions=max_instructions, timeout_s=timeout_s)).run()
+    result = partition.result
+    assert result is not None, "the run loop ended without a result"
+    return GuestRun(name, bytes(serial), result.exit_code, result.reason, partition, exits)
+
+
+# --- QEMU ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QemuRun:
+    serial: bytes
+    status: int
+    stderr: str
+
+
+def qemu_available() -> bool:
+    return shutil.which(QEMU) is not None
+
+
+def run_qemu(image: bytes, timeout_s: float = 60.0) -> QemuRun:
+    """The same image under `qemu-system-x86_64 -kernel` (TCG), COM1 on stdout."""
+    with tempfile.TemporaryDirectory(prefix="vtemu-qemu-") as tmp:
+        kernel = Path(tmp) / "kernel.bin"
+        kernel.write_bytes(image)
+        command = [QEMU, "-accel", "tcg", "-kernel", str(kernel), "-serial", "stdio",
+                   "-display", "none", "-nodefaults", "-no-reboot", *DEBUG_EXIT_ARGS]
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout_s, env={**os.environ, "LC_ALL": "C"})
+    return QemuRun(done.stdout, done.returncode, done.stderr.decode(errors="replace"))
