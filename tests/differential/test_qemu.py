@@ -21,14 +21,7 @@ MSR_UNKNOWN_VTEMU = b"rdmsr c0011234: #GP on unknown MSR, error code 00000000\n"
 MSR_UNKNOWN_QEMU = b"rdmsr c0011234: no #GP, read 0000000000000000\n"
 
 SPECIAL = {"cpuid", "triplefault", "msr"}
-KNOWN_BUGS = {  # guest: (reason, what the failure raises)
-    "ioperm": ("vtemu bug: IN/OUT at CPL > IOPL skip the TSS I/O permission bitmap check",
-               AssertionError),
-    "segaccess": ("vtemu bug: VM entry rejects a CS loaded from a descriptor whose accessed bit "
-                  "is clear", AssertionError),
-    "noncanonical": ("vtemu bug: a non-canonical access ends the run with ValueError, not #GP",
-                     ValueError),
-}
+KNOWN_BUGS: dict[str, tuple[str, type]] = {}  # guest: (reason, what the failure raises)
 
 
 def _guests() -> list:
@@ -78,9 +71,6 @@ def test_triplefault_serial_only() -> None:
     assert qemu.status == 0, qemu.stderr
 
 
-@pytest.mark.xfail(reason="vtemu bug: the TSC does not advance between two reads in an "
-                          "uncounted slice (prints 'no' where QEMU prints 'yes')", raises=AssertionError,
-                   strict=True)
 def test_msr_same_but_for_the_unknown_msr_read() -> None:
     image = guest_image("msr")
     qemu = run_qemu(image)

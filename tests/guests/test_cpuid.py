@@ -34,9 +34,6 @@ def test_leaf1_and_hypervisor_leaves(boot) -> None:
     assert lines[0].startswith(b"vendor: ") and lines[0].endswith(b", max basic leaf 0000000d")
 
 
-@pytest.mark.xfail(reason="vtemu bug: CPUID leaf 0 returns the vendor string in EBX:ECX:EDX "
-                          "order (prints 'GenuntelineI'); the SDM order is EBX:EDX:ECX "
-                          "(cpuid_policy.py, leaf 0)", raises=AssertionError, strict=True)
 def test_vendor_string(boot) -> None:
     assert _lines(boot)[0] == VENDOR_LINE
 

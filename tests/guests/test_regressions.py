@@ -27,29 +27,18 @@ NONCANONICAL = (
 )
 
 
-@pytest.mark.xfail(reason="vtemu bug: IN/OUT at CPL > IOPL are performed without the TSS I/O "
-                          "permission bitmap check (Unicorn's gen_check_io is a no-op; vtemu "
-                          "must raise #GP(0) before deciding on an I/O exit, SDM 25.1.1)",
-                   raises=AssertionError, strict=True)
 def test_ioperm(boot) -> None:
     run = boot("ioperm")
     assert run.serial == IOPERM
     assert run.exit_code == 0
 
 
-@pytest.mark.xfail(reason="vtemu bug: VM entry fails 'CS type 10 must be one of [3, 9, 11, 13, "
-                          "15]' after a far jump to a code descriptor with the accessed bit "
-                          "clear: QEMU's descriptor cache lacks the A bit the CPU would have set "
-                          "(guest_state.access_rights)", raises=AssertionError, strict=True)
 def test_segaccess(boot) -> None:
     run = boot("segaccess")
     assert run.serial == SEGACCESS
     assert run.exit_code == 0
 
 
-@pytest.mark.xfail(reason="vtemu bug: a non-canonical data access reaches the TLB-fill page walk "
-                          "and ends the run with ValueError instead of #GP(0) to the guest",
-                   raises=ValueError, strict=True)
 def test_noncanonical(boot) -> None:
     run = boot("noncanonical")
     assert run.serial == NONCANONICAL

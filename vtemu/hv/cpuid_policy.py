@@ -49,7 +49,8 @@ class CpuidPolicy:
         if HYPERVISOR_BASE <= leaf <= HYPERVISOR_MAX:
             return self._hypervisor(leaf)
         if leaf == 0:
-            return (0xD, *_text(b"GenuineIntel"))
+            genu, inei, ntel = _text(b"GenuineIntel")
+            return (0xD, genu, ntel, inei)  # the vendor string is EBX, EDX, ECX (SDM CPUID)
         if leaf == 1:
             return self._leaf1(apic_id)
         if leaf == 7:

@@ -109,12 +109,9 @@ class Partition:
         self.translator = translator
         return cpu
 
-    def _string_io_passthrough(self, cpu: VmxCpu) -> Callable[[Instruction], None]:
+    def _string_io_passthrough(self, cpu: VmxCpu) -> Callable[..., None]:
         """String I/O the bitmap lets through still needs its iterations performed."""
-        def perform(insn: Instruction) -> None:
-            port = cpu.vcpu.read(U.UC_X86_REG_DX)
-            size = insn.operand_sizes[0] if insn.operand_sizes else 1
-            direction = IoDirection.IN if insn.mnemonic.startswith("ins") else IoDirection.OUT
+        def perform(insn: Instruction, port: int, size: int, direction: IoDirection) -> None:
             if emulate_string_io(cpu, self.ports, insn, port, size, direction, insn.has_rep):
                 cpu.complete(insn)
         return perform

@@ -39,6 +39,7 @@ class GuestClock:
         self._running_insns: Callable[[], int] = lambda: 0
         self._timers: list[Timer] = []
         self._sequence = itertools.count()
+        self.on_live: list[Callable[[], None]] = []
 
     # --- reading time --------------------------------------------------------------------
     @property
@@ -48,8 +49,14 @@ class GuestClock:
 
     def now_ns(self) -> int:
         """Current guest time; observing it makes the clock live."""
-        self._live = True
+        self._go_live()
         return self._synced_ns + self._running_insns() * NS_PER_INSN
+
+    def _go_live(self) -> None:
+        if not self._live:
+            self._live = True
+            for callback in self.on_live:
+                callback()
 
     def peek_ns(self) -> int:
         """Current guest time for diagnostics: does not make the clock live."""
@@ -77,7 +84,7 @@ class GuestClock:
 
     # --- timers --------------------------------------------------------------------------
     def schedule(self, deadline_ns: int, callback: Callable[[], None]) -> Timer:
-        self._live = True
+        self._go_live()
         timer = Timer(deadline_ns, next(self._sequence), callback)
         heapq.heappush(self._timers, timer)
         return timer

@@ -124,6 +124,10 @@ class CpuContext:
         return self._state.hflags
 
     @property
+    def cs_base(self) -> int:
+        return self._state.segs[Seg.CS].base
+
+    @property
     def cpl(self) -> int:
         return self._state.hflags & HF_CPL_MASK
 

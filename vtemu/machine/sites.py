@@ -47,6 +47,11 @@ class SiteKind(Enum):
     PAUSE = "pause"
     SYSCALL = "syscall"
     SYSENTER = "sysenter"
+    IO = "in/out"
+    STRING_IO = "ins/outs"
+    CPUID = "cpuid"
+    RDTSC = "rdtsc"
+    RDTSCP = "rdtscp"
 
 
 _BY_INSN_ID: dict[int, SiteKind] = {
@@ -61,11 +66,20 @@ _BY_INSN_ID: dict[int, SiteKind] = {
     C.X86_INS_XSETBV: SiteKind.XSETBV, C.X86_INS_MONITOR: SiteKind.MONITOR,
     C.X86_INS_MWAIT: SiteKind.MWAIT, C.X86_INS_PAUSE: SiteKind.PAUSE,
     C.X86_INS_SYSCALL: SiteKind.SYSCALL, C.X86_INS_SYSENTER: SiteKind.SYSENTER,
+    C.X86_INS_IN: SiteKind.IO, C.X86_INS_OUT: SiteKind.IO,
+    C.X86_INS_INSB: SiteKind.STRING_IO, C.X86_INS_INSW: SiteKind.STRING_IO,
+    C.X86_INS_INSD: SiteKind.STRING_IO, C.X86_INS_OUTSB: SiteKind.STRING_IO,
+    C.X86_INS_OUTSW: SiteKind.STRING_IO, C.X86_INS_OUTSD: SiteKind.STRING_IO,
+    C.X86_INS_CPUID: SiteKind.CPUID, C.X86_INS_RDTSC: SiteKind.RDTSC,
+    C.X86_INS_RDTSCP: SiteKind.RDTSCP,
 }
 
 # Opcode bytes (after prefixes) of every instruction above: 0F 00 / 0F 01 groups 6 and 7,
-# CLTS, INVD, WBINVD, MOV CR/DR, WRMSR, RDMSR, RDPMC, SYSCALL, SYSENTER, and PAUSE (F3 90).
-_OPCODES = re.compile(rb"(?=(\x0f[\x00\x01\x05\x06\x08\x09\x20-\x23\x30\x32\x33\x34]|\xf3\x90))")
+# CLTS, INVD, WBINVD, MOV CR/DR, WRMSR, RDTSC, RDMSR, RDPMC, SYSCALL, SYSENTER, CPUID, PAUSE
+# (F3 90), and the one-byte port I/O opcodes IN/OUT (E4-E7, EC-EF) and INS/OUTS (6C-6F).
+_OPCODES = re.compile(rb"(?=(\x0f[\x00\x01\x05\x06\x08\x09\x20-\x23\x30-\x34\xa2]|\xf3\x90"
+                      rb"|[\xe4-\xe7\xec-\xef\x6c-\x6f]))")
+
 _PREFIX_BYTES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3" + bytes(range(0x40, 0x50)))
 
 

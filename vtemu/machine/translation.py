@@ -52,6 +52,20 @@ class GuestPageFault(TranslationFault):
         self.error_code = error_code
 
 
+class NonCanonicalAddress(TranslationFault):
+    """An IA-32e linear address whose bits 63:47 are not all equal: #GP(0) (#SS(0) on the
+    stack) before any page walk (SDM Vol. 1 3.3.7.1, Vol. 3A 4.5)."""
+
+    def __init__(self, linear: int) -> None:
+        super().__init__(f"non-canonical address {linear:#x}")
+        self.linear = linear
+
+
+def canonical(linear: int) -> bool:
+    top = linear >> 47
+    return top == 0 or top == 0x1FFFF
+
+
 class SecondLevelFault(TranslationFault):
     """The hypervisor's own translation (EPT) refused a guest-physical access: a VM exit, not a
     guest fault. `qualification` follows the EPT-violation layout (SDM Table 27-7)."""

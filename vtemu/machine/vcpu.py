@@ -30,8 +30,8 @@ from vtemu.machine.cpustate import HF_CS32, HF_CS64, CpuContext, Seg, SegmentCac
 from vtemu.machine.decode import CodeMode, Decoder, Instruction, MAX_INSN_LENGTH
 from vtemu.machine.memory import HostMemory, HostRegion
 from vtemu.machine.sites import Site, SiteKind, SiteRegistry
-from vtemu.machine.translation import (Fill, GuestPageFault, MemoryAccess, PagingRegs, TranslationFault,
-                                      Translator)
+from vtemu.machine.translation import (Fill, GuestPageFault, MemoryAccess, NonCanonicalAddress,
+                                      PagingRegs, TranslationFault, Translator, canonical)
 from vtemu.machine.unicorn_ffi import UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_ERR_OK, Engine
 
 UC_MEM_READ = unicorn.UC_MEM_READ
@@ -45,6 +45,7 @@ RESET_RFLAGS = 0x2
 RESET_EDX = 0x000306A9  # processor signature reported in EDX at reset (family 6)
 RESET_DR6 = 0xFFFF0FF0
 RESET_DR7 = 0x400
+EFER_LMA = 1 << 10
 
 
 class GuestException(Exception):
@@ -120,10 +121,13 @@ class VCpu:
         self._fault: tuple[TranslationFault, MemoryAccess] | None = None
         self._deferred_flush = False
         self._running = False
+        self._epoch = 0
+        self._loaded_epoch = -1
         self._emulated_in_hook = False
         self._stop_phase = _Phase.NONE
         self.tlb_fills = 0
         clock.attach_progress(self._running_instructions)
+        clock.on_live.append(self._clock_went_live)
         self.reset()
 
     # --- setup ---------------------------------------------------------------------------
@@ -168,7 +172,16 @@ class VCpu:
         return self.engine.read(reg)
 
     def write(self, reg: int, value: int) -> None:
+        self._epoch += 1
         self.engine.write(reg, value)
+
+    def state(self) -> CpuContext:
+        """The CPU context, loaded at most once per hook or between register writes: exits
+        read hflags and CS several times and each load is a call into Unicorn."""
+        if self._loaded_epoch != self._epoch:
+            self.context.load()
+            self._loaded_epoch = self._epoch
+        return self.context
 
     @property
     def rip(self) -> int:
@@ -205,8 +218,13 @@ class VCpu:
     # --- guest memory as the VMM sees it -------------------------------------------------
     def translate(self, linear: int, access: MemoryAccess, user: bool = False) -> int:
         """Linear -> host-physical for a VMM-performed access; raises TranslationFault."""
-        fill = self.translator.translate(self.paging_regs(), linear, access, user)
+        fill = self._translate(self.paging_regs(), linear, access, user)
         return fill.hpa | (linear & (PAGE_SIZE - 1))
+
+    def _translate(self, paging: PagingRegs, linear: int, access: MemoryAccess, user: bool) -> Fill:
+        if paging.efer & EFER_LMA and not canonical(linear):
+            raise NonCanonicalAddress(linear)
+        return self.translator.translate(paging, linear, access, user)
 
     def read_linear(self, linear: int, length: int, access: MemoryAccess = MemoryAccess.READ,
                     user: bool = False) -> bytes:
@@ -254,7 +272,7 @@ class VCpu:
 
     def code_version(self, rip: int) -> int:
         """Changes whenever the code page holding CS:rip is remapped or rewritten."""
-        linear = (self.segment(Seg.CS).base + rip) & 0xFFFFFFFFFFFFFFFF
+        linear = (self.state().cs_base + rip) & 0xFFFFFFFFFFFFFFFF
         return self.sites.version(linear & PAGE_MASK)
 
     def bytes_before(self, rip: int, count: int) -> bytes:
@@ -277,7 +295,9 @@ class VCpu:
         self._fault = None
         self._emulated_in_hook = False
         self._stop_phase = _Phase.NONE
+        self._epoch += 1
         status = self.engine.start(self.rip, budget or 0)
+        self._epoch += 1
         self._phase = _Phase.NONE
         stop = self._classify(status, budget)
         if self.counting:
@@ -306,10 +326,21 @@ class VCpu:
     def flush_tlb(self) -> None:
         self.engine.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
 
+    def _clock_went_live(self) -> None:
+        """Something just looked at guest time: from now on every instruction must count, and
+        this slice is not counting, so end it at the next instruction boundary."""
+        if self._running and not self.counting:
+            self.request_stop()
+
     def _running_instructions(self) -> int:
         if self.counting and self._running:
             return self.engine.counted_instructions()
         return 0
+
+    @property
+    def in_code_hook(self) -> bool:
+        """True while a sensitive-instruction site is being handled, before the instruction runs."""
+        return self._phase is _Phase.BEFORE
 
     def retire_emulated(self, count: int = 1) -> None:
         """Account for instructions completed (or, with a negative count, undone) by emulation.
@@ -363,6 +394,7 @@ class VCpu:
 
     # --- hooks ---------------------------------------------------------------------------
     def _on_in(self, port: int, size: int) -> int:
+        self._epoch += 1
         self._phase = _Phase.DURING
         try:
             return self.events.port_in(port, size)
@@ -370,6 +402,7 @@ class VCpu:
             self._phase = _Phase.NONE
 
     def _on_out(self, port: int, size: int, value: int) -> None:
+        self._epoch += 1
         self._phase = _Phase.DURING
         try:
             self.events.port_out(port, size, value)
@@ -377,6 +410,7 @@ class VCpu:
             self._phase = _Phase.NONE
 
     def _on_cpuid(self) -> int:
+        self._epoch += 1
         self._phase = _Phase.DURING
         try:
             self.events.cpuid()
@@ -385,6 +419,7 @@ class VCpu:
         return 1
 
     def _on_rdtsc(self, with_aux: bool) -> int:
+        self._epoch += 1
         self._phase = _Phase.DURING
         try:
             self.events.rdtsc(with_aux)
@@ -399,6 +434,7 @@ class VCpu:
         site = self.sites.site_at(address)
         if site is None:
             return
+        self._epoch += 1
         self._phase = _Phase.BEFORE
         try:
             self.events.sensitive_instruction(site)
@@ -420,7 +456,7 @@ class VCpu:
         context = self.context.load()
         user = context.cpl == 3 and not _implicit_supervisor(context, vpage)
         try:
-            fill = self.translator.translate(self.paging_regs(), vpage, access, user)
+            fill = self._translate(self.paging_regs(), vpage, access, user)
         except TranslationFault as fault:
             if self._fault is None:  # a spurious fill may follow the refused one (DESIGN.md)
                 self._fault = (fault, access)

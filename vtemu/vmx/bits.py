@@ -81,10 +81,15 @@ class BitStruct:
     """
 
     _spans: ClassVar[tuple[tuple[str, BitSpan], ...]]
+    _decoded: ClassVar[dict[int, Any]]
+    _encoded: ClassVar[dict[Any, int]]
+    _CACHE_LIMIT: ClassVar[int] = 4096  # exits repeat the same few values; memoize them
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._spans = ()
+        cls._decoded = {}
+        cls._encoded = {}
 
     @classmethod
     def _layout(cls) -> tuple[tuple[str, BitSpan], ...]:
@@ -95,12 +100,24 @@ class BitStruct:
         return cls._spans
 
     def encode(self) -> int:
-        value = 0
-        for name, span in self._layout():
-            value |= place(span.encode(getattr(self, name)), span.high, span.low)
+        cache = type(self)._encoded
+        value = cache.get(self)
+        if value is None:
+            value = 0
+            for name, span in self._layout():
+                value |= place(span.encode(getattr(self, name)), span.high, span.low)
+            if len(cache) >= self._CACHE_LIMIT:
+                cache.clear()
+            cache[self] = value
         return value
 
     @classmethod
     def decode(cls, raw: int) -> Self:
-        fields = {name: span.decode(bit_range(raw, span.high, span.low)) for name, span in cls._layout()}
-        return cls(**fields)
+        cached = cls._decoded.get(raw)
+        if cached is None:
+            fields = {name: span.decode(bit_range(raw, span.high, span.low)) for name, span in cls._layout()}
+            cached = cls(**fields)
+            if len(cls._decoded) >= cls._CACHE_LIMIT:
+                cls._decoded.clear()
+            cls._decoded[raw] = cached
+        return cached  # type: ignore[no-any-return]

@@ -17,13 +17,14 @@ from typing import Callable, Protocol
 import capstone.x86_const as C
 import unicorn.x86_const as U
 
-from vtemu.machine.cpustate import HF_INHIBIT_IRQ, Seg
+from vtemu.machine.cpustate import HF_INHIBIT_IRQ, HF_PE, Seg
 from vtemu.machine.decode import Instruction
 from vtemu.machine.delivery import Event, EventType
 from vtemu.machine.memory import HostMemory
 from vtemu.machine.msrs import IA32_TSC_AUX, MsrModel, TimeStampCounter
 from vtemu.machine.sites import Site, classify
-from vtemu.machine.translation import GuestPageFault, SecondLevelFault, TranslationFault
+from vtemu.machine.translation import (GuestPageFault, NonCanonicalAddress, SecondLevelFault,
+                                      TranslationFault)
 from vtemu.machine.vcpu import GuestException, Stop, StopKind, VCpu
 from vtemu.vmx import instructions
 from vtemu.vmx.controls import ExitControls, PinBasedControls, PrimaryProcessorControls as P
@@ -34,13 +35,18 @@ from vtemu.vmx.fields import VmcsField as F
 from vtemu.vmx.guest_state import LiveGuestState
 from vtemu.vmx.intercept import Intercepts
 from vtemu.vmx.interruption import InterruptionInfo, InterruptionType
-from vtemu.vmx.qualifications import IoDirection, IoQualification
+from vtemu.vmx.qualifications import IoDirection
 from vtemu.vmx.reasons import ExitReason
 from vtemu.vmx.transitions import deliver_event, vm_entry, vm_exit
 from vtemu.vmx.vmcs import Vmcs
 
 RFLAGS_IF = 1 << 9
+RFLAGS_IOPL_SHIFT = 12
+RFLAGS_VM = 1 << 17
+GP = 13
 PAGE_FAULT = 14
+TSS_AVAILABLE, TSS_BUSY = 0x9, 0xB
+TSS_IOMAP_BASE = 0x66  # offset of the I/O map base address in a 32/64-bit TSS (SDM Fig. 7-2)
 EXIT_HISTORY = 16
 
 # #UD-reporting VMX instructions and the exit each causes in VMX non-root operation (25.1.2).
@@ -53,8 +59,8 @@ VMX_INSTRUCTION_EXITS = {
     C.X86_INS_INVEPT: ExitReason.INVEPT, C.X86_INS_INVVPID: ExitReason.INVVPID,
     C.X86_INS_VMFUNC: ExitReason.VMFUNC,
 }
-_STRING_IO = {C.X86_INS_INSB, C.X86_INS_INSW, C.X86_INS_INSD,
-              C.X86_INS_OUTSB, C.X86_INS_OUTSW, C.X86_INS_OUTSD}
+_PASSTHROUGH = "passthrough"   # the instruction's hook performs the access itself
+_COMPLETED = "completed"       # the processor already did the work; the hook only completes
 
 
 class PortSpace(Protocol):
@@ -65,6 +71,10 @@ class PortSpace(Protocol):
 class InterruptPin(Protocol):
     def intr_asserted(self) -> bool: ...
     def acknowledge(self) -> int: ...
+
+
+def _no_string_io(insn: Instruction, port: int, size: int, direction: IoDirection) -> None:
+    raise RuntimeError("string I/O passed through with no hypervisor to perform it")
 
 
 def _no_hypervisor(exit: VmExit) -> ExitDecision:
@@ -94,11 +104,11 @@ class VmxCpu:
         self._entry_pending = True
         self._pending_event: tuple[Event, int] | None = None
         self._after_stop: Callable[[], None] | None = None
-        self._deferred: tuple[VmExit, dict[int, int]] | None = None
+        self._token: tuple[int, str] | None = None
+        self.string_io_passthrough: Callable[[Instruction, int, int, IoDirection], None] = _no_string_io
         self._rewind: dict[int, int] | None = None
         self._inline = False
         self._advanced = False
-        self._io_cache: dict[int, Instruction] = {}
         self._preemption_deadline: int | None = None
         vcpu.events = self
 
@@ -119,7 +129,6 @@ class VmxCpu:
         """VM entry latches the execution controls (and which instructions to watch)."""
         self.intercepts = Intercepts.from_vmcs(self.vmcs, self._host_page)
         self.vcpu.set_site_kinds(self.intercepts.site_kinds())
-        self._io_cache.clear()
 
     def guest_tsc(self) -> int:
         """What RDTSC returns in the guest: the TSC plus the VMCS TSC offset (SDM 25.3)."""
@@ -156,7 +165,7 @@ class VmxCpu:
         """RFLAGS.IF = 1 and no blocking by STI or MOV SS (SDM 6.8.3, 24.4.2)."""
         if not self.vcpu.read(U.UC_X86_REG_RFLAGS) & RFLAGS_IF:
             return False
-        return not self.vcpu.context.load().hflags & HF_INHIBIT_IRQ
+        return not self.vcpu.state().hflags & HF_INHIBIT_IRQ
 
     def activity_on_injection(self) -> None:
         """An injected event takes the guest out of HLT (SDM 26.6.2)."""
@@ -184,8 +193,9 @@ class VmxCpu:
         self._after_exit(exit, decision)
 
     def _after_exit(self, exit: VmExit, decision: ExitDecision) -> None:
-        if exit.completes_natively and not self._advanced and self._inline:
-            self._rewind = {U.UC_X86_REG_RIP: exit.guest_rip}
+        if exit.completes_natively:
+            if self._finish_at_site(exit, decision):
+                return
         if decision is ExitDecision.RESUME:
             self._entry_pending = True
             if self._inline and self._trivial_entry():
@@ -198,13 +208,27 @@ class VmxCpu:
         if self._inline:
             self.vcpu.request_stop()
 
+    def _finish_at_site(self, exit: VmExit, decision: ExitDecision) -> bool:
+        """A completes-natively exit at a site: True when the guest just continues and Unicorn
+        finishes the instruction. Otherwise the instruction is finished by emulation (the
+        hypervisor advanced RIP) or left to re-execute, and the vCPU must stop first."""
+        if not self.vcpu.in_code_hook or not self._advanced:
+            return False
+        if decision is ExitDecision.RESUME and self._trivial_entry():
+            assert exit.instruction is not None
+            self.finish_natively(exit.instruction)
+            return True
+        self.vcpu.rip = exit.guest_rip + exit.instruction_length
+        self.vcpu.retire_emulated()
+        return False
+
     def _trivial_entry(self) -> bool:
-        """Nothing for VM entry to check, inject or report: the guest may simply continue."""
+        """Nothing for VM entry to check, inject or report: the guest may simply continue.
+        (Only a VMWRITE, which makes the VMCS dirty, can make an injection valid: the exit
+        itself cleared the valid bit.)"""
         if self.vmcs.is_dirty() or self._rewind is not None or self._pending_event is not None:
             return False
-        if self.vmcs.read(F.VM_ENTRY_INTR_INFO_FIELD) >> 31:
-            return False
-        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary:
+        if self.intercepts.window_exiting:
             return False
         return not (self.interrupts is not None and self.interrupts.intr_asserted())
 
@@ -243,96 +267,69 @@ class VmxCpu:
                                detail=f"gpa {gpa:#x}")
 
     # --- the vCPU's events (machine.vcpu.CpuEvents) ---------------------------------------
+    # IN, OUT, CPUID, RDTSC and RDTSCP are sites too: the processor decides at the site, before
+    # the instruction runs, so it can stop exactly there. When it lets Unicorn run the
+    # instruction, it leaves a token saying what Unicorn's own instruction hook must do.
+    def finish_natively(self, insn: Instruction, passthrough: bool = False) -> None:
+        """Let Unicorn execute the instruction: its hook then performs the access (passthrough)
+        or only completes what the processor already did (registers set, device accessed)."""
+        self._token = (insn.address, _PASSTHROUGH if passthrough else _COMPLETED)
+
+    def _redeem(self, what: str) -> str:
+        token, self._token = self._token, None
+        rip = self.vcpu.rip
+        if token is None or token[0] != rip:
+            raise RuntimeError(f"{what} at {rip:#x} ran without passing its site (vtemu bug)")
+        return token[1]
+
     def port_in(self, port: int, size: int) -> int:
-        insn = self._io_instruction()
-        if insn.id in _STRING_IO:
-            return self._string_io(insn, port, size, IoDirection.IN)
-        if not self.intercepts.io_exits(port, size):
+        if self._redeem("IN") is _PASSTHROUGH:
             return self.ports.read(port, size)
-        qualification = IoQualification(size, IoDirection.IN, immediate=bool(insn.immediates),
-                                        port=port).encode()
-        old_rax = self.vcpu.read(U.UC_X86_REG_RAX)
-        self._io_exit(insn, qualification, f"in {port:#x}")
-        if self._rewind is not None:
-            self._rewind[U.UC_X86_REG_RAX] = old_rax
         return self.vcpu.read(U.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
 
     def port_out(self, port: int, size: int, value: int) -> None:
-        insn = self._io_instruction()
-        if insn.id in _STRING_IO:
-            self._string_io(insn, port, size, IoDirection.OUT)
-            return
-        if not self.intercepts.io_exits(port, size):
+        if self._redeem("OUT") is _PASSTHROUGH:
             self.ports.write(port, size, value)
-            return
-        qualification = IoQualification(size, IoDirection.OUT, immediate=bool(insn.immediates),
-                                        port=port).encode()
-        self._io_exit(insn, qualification, f"out {port:#x}")
 
-    def _io_exit(self, insn: Instruction, qualification: int, detail: str) -> None:
-        exit = self._make_exit(ExitReason.IO_INSTRUCTION, insn.address, qualification=qualification,
+    def cpuid(self) -> None:
+        self._redeem("CPUID")
+
+    def rdtsc(self, with_aux: bool) -> None:
+        self._redeem("RDTSCP" if with_aux else "RDTSC")
+
+    def exit_completing_natively(self, reason: ExitReason, insn: Instruction, qualification: int = 0,
+                                 detail: str | None = None) -> None:
+        """An exit at a site whose instruction Unicorn can finish after the hypervisor did its part."""
+        exit = self._make_exit(reason, insn.address, qualification=qualification,
                                instruction_length=insn.size, detail=detail, instruction=insn,
                                completes_natively=True)
         self._take(exit)
 
-    def _io_instruction(self) -> Instruction:
-        """The IN/OUT/INS/OUTS at RIP, decoded once per address while its page's code is unchanged."""
-        rip = self.vcpu.rip
-        version = self.vcpu.code_version(rip)
-        key = rip ^ (version << 64)
-        insn = self._io_cache.get(key)
-        if insn is None:
-            insn = self.vcpu.decode_at(rip)
-            assert insn is not None, f"no I/O instruction at {rip:#x}"
-            self._io_cache[key] = insn
-        return insn
+    def io_denied(self, port: int, size: int) -> bool:
+        """I/O permission (SDM Vol. 1 18.5): in protected mode with CPL > IOPL (or in virtual-8086
+        mode) every byte of the port range needs a clear bit in the TSS I/O bitmap. The check
+        comes before any VM exit (SDM 25.1.1). Unicorn's core performs no such check."""
+        state = self.vcpu.state()
+        if not state.hflags & HF_PE:
+            return False
+        rflags = self.vcpu.read(U.UC_X86_REG_RFLAGS)
+        if state.cpl <= (rflags >> RFLAGS_IOPL_SHIFT) & 3 and not rflags & RFLAGS_VM:
+            return False
+        return not self._tss_permits(port, size)
 
-    def _string_io(self, insn: Instruction, port: int, size: int, direction: IoDirection) -> int:
-        """INS/OUTS exit once for the whole instruction (SDM 25.1.3). Unicorn is mid-iteration here,
-        so the exit is taken after it stops, with RSI/RDI/RCX/RIP put back as they were."""
-        registers = {reg: self.vcpu.read(reg) for reg in
-                     (U.UC_X86_REG_RIP, U.UC_X86_REG_RSI, U.UC_X86_REG_RDI, U.UC_X86_REG_RCX)}
-        if self.intercepts.io_exits(port, size):
-            qualification = IoQualification(size, direction, string=True, rep=insn.has_rep,
-                                            port=port).encode()
-            exit = self._make_exit(ExitReason.IO_INSTRUCTION, insn.address, qualification=qualification,
-                                   instruction_length=insn.size, detail=f"{insn.mnemonic} {port:#x}",
-                                   instruction=insn)
-        else:
-            exit = None
-        self._deferred = (exit, registers)  # type: ignore[assignment]
-        self.vcpu.request_stop()
-        return self._current_destination_byte(insn, size) if direction is IoDirection.IN else 0
-
-    def _current_destination_byte(self, insn: Instruction, size: int) -> int:
-        """What INS is about to overwrite, so Unicorn's partial iteration changes nothing."""
+    def _tss_permits(self, port: int, size: int) -> bool:
+        tr = self.vcpu.state().table("tr")
+        if (tr.flags >> 8) & 0xF not in (TSS_AVAILABLE, TSS_BUSY) or tr.limit < TSS_IOMAP_BASE + 1:
+            return False  # a 16-bit TSS has no I/O bitmap
         try:
-            linear = self.vcpu.segment(Seg.ES).base + self.vcpu.read(U.UC_X86_REG_RDI)
-            return int.from_bytes(self.vcpu.read_linear(linear, size), "little")
+            bitmap = int.from_bytes(self.vcpu.read_linear(tr.base + TSS_IOMAP_BASE, 2), "little")
+            byte = bitmap + port // 8
+            if byte + 1 > tr.limit:
+                return False
+            bits = int.from_bytes(self.vcpu.read_linear(tr.base + byte, 2), "little")
         except TranslationFault:
-            return 0
-
-    def cpuid(self) -> None:
-        leaf = self.vcpu.read(U.UC_X86_REG_EAX)
-        exit = self._make_exit(ExitReason.CPUID, self.vcpu.rip, instruction_length=2,
-                               detail=f"leaf {leaf:#x}", completes_natively=True)
-        self._take(exit)
-
-    def rdtsc(self, with_aux: bool) -> None:
-        rip = self.vcpu.rip
-        if with_aux and S.ENABLE_RDTSCP not in self.intercepts.secondary:
-            self.raise_exception(6, rip=rip)
-            return
-        if P.RDTSC_EXITING in self.intercepts.primary:
-            reason = ExitReason.RDTSCP if with_aux else ExitReason.RDTSC
-            self._take(self._make_exit(reason, rip, instruction_length=3 if with_aux else 2,
-                                       completes_natively=True, detail=reason.name.lower()))
-            return
-        value = self.guest_tsc()
-        self.vcpu.write(U.UC_X86_REG_RAX, value & 0xFFFFFFFF)
-        self.vcpu.write(U.UC_X86_REG_RDX, value >> 32)
-        if with_aux:
-            self.vcpu.write(U.UC_X86_REG_RCX, self.msrs.read(IA32_TSC_AUX) & 0xFFFFFFFF)
+            return False
+        return not bits & (((1 << size) - 1) << (port % 8))
 
     def sensitive_instruction(self, site: Site) -> None:
         insn = self.vcpu.decoder.decode(site.raw, self.vcpu.rip, self.vcpu.code_mode())
@@ -353,6 +350,7 @@ class VmxCpu:
         if not self._prepare():
             return False
         budget = self._slice_budget(budget)
+        self._token = None
         self._inline = True
         try:
             stop = self.vcpu.run(budget)
@@ -482,32 +480,9 @@ class VmxCpu:
         if stop.kind is StopKind.HOOK_ERROR:
             assert stop.error is not None
             raise stop.error
-        if self._deferred is not None:
-            self._take_deferred()
-            return
         handler = _STOP_HANDLERS.get(stop.kind)
         if handler is not None:
             handler(self, stop)
-
-    def _take_deferred(self) -> None:
-        """A string I/O instruction: restore what Unicorn's partial iteration changed, then exit
-        (or, when the bitmap lets it through, let the hypervisor's I/O path emulate it natively)."""
-        exit, registers = self._deferred  # type: ignore[misc]
-        self._deferred = None
-        for register, value in registers.items():
-            self.vcpu.write(register, value)
-        self.vcpu.retire_emulated(-1)
-        if exit is None:
-            self._pending_string_passthrough(registers[U.UC_X86_REG_RIP])
-            return
-        self._take(exit)
-
-    def _pending_string_passthrough(self, rip: int) -> None:
-        insn = self.vcpu.decode_at(rip)
-        assert insn is not None
-        self.string_io_passthrough(insn)
-
-    string_io_passthrough: Callable[[Instruction], None] = lambda self, insn: None  # set by hv
 
     def _on_exception(self, stop: Stop) -> None:
         if stop.software:
@@ -533,6 +508,9 @@ class VmxCpu:
 
     def _on_translation_fault(self, stop: Stop) -> None:
         fault = stop.fault
+        if isinstance(fault, NonCanonicalAddress):
+            self.raise_exception(GP, 0)
+            return
         if isinstance(fault, GuestPageFault):
             self.raise_exception(PAGE_FAULT, fault.error_code, cr2=stop.fault_address or fault.linear)
             return

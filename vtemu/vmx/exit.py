@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from vtemu.machine.decode import Instruction
 from vtemu.vmx.interruption import InterruptionInfo
@@ -30,8 +29,10 @@ class ExitDecision(Enum):
     STOP = "stop"       # the partition is over
 
 
-@dataclass(frozen=True, slots=True)
-class VmExit:
+class VmExit(NamedTuple):
+    """Immutable like the hardware's record of an exit; a NamedTuple because exits are hot
+    (creating a frozen dataclass costs several times more) and nothing may change one."""
+
     reason: ExitReason
     guest_rip: int
     qualification: int = 0

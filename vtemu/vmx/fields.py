@@ -352,13 +352,14 @@ class VmcsField(IntEnum):
     HOST_INTR_SSP_TABLE = 0x6C1C
 
     # --- everything below is derived from the encoding bits --------------------------------------
+    # Computed once per member (see _derive below): VM exits read these on every field access.
     @property
     def encoding(self) -> Encoding:
         return Encoding(int(self))
 
     @property
     def access_type(self) -> AccessType:
-        return self.encoding.access_type
+        return self._derived_access  # type: ignore[attr-defined,no-any-return]
 
     @property
     def index(self) -> int:
@@ -366,15 +367,15 @@ class VmcsField(IntEnum):
 
     @property
     def type(self) -> FieldType:
-        return self.encoding.type
+        return self._derived_type  # type: ignore[attr-defined,no-any-return]
 
     @property
     def width(self) -> FieldWidth:
-        return self.encoding.width
+        return self._derived_width  # type: ignore[attr-defined,no-any-return]
 
     @property
     def is_high(self) -> bool:
-        return self.access_type is AccessType.HIGH
+        return self._derived_high  # type: ignore[attr-defined,no-any-return]
 
     @property
     def bits(self) -> int:
@@ -383,7 +384,7 @@ class VmcsField(IntEnum):
 
     @property
     def mask(self) -> int:
-        return ones(self.bits)
+        return self._derived_mask  # type: ignore[attr-defined,no-any-return]
 
     @property
     def is_read_only(self) -> bool:
@@ -393,7 +394,7 @@ class VmcsField(IntEnum):
     @property
     def full(self) -> VmcsField:
         """The field that stores this encoding's bits: itself, or the full field of a high access."""
-        return VmcsField(int(self) & ~1) if self.is_high else self
+        return self._derived_full  # type: ignore[attr-defined,no-any-return]
 
     @property
     def high(self) -> VmcsField | None:
@@ -407,6 +408,22 @@ class VmcsField(IntEnum):
             return cls(raw)
         except ValueError:
             return None
+
+
+def _derive() -> None:
+    """Attach each member's encoding-derived attributes (SDM B.0) once, at import."""
+    for member in VmcsField:
+        encoding = Encoding(int(member))
+        member._derived_access = encoding.access_type  # type: ignore[attr-defined]
+        member._derived_type = encoding.type  # type: ignore[attr-defined]
+        member._derived_width = encoding.width  # type: ignore[attr-defined]
+        member._derived_high = encoding.access_type is AccessType.HIGH  # type: ignore[attr-defined]
+    for member in VmcsField:
+        member._derived_mask = ones(member.bits)  # type: ignore[attr-defined]
+        member._derived_full = VmcsField(int(member) & ~1) if member.is_high else member  # type: ignore[attr-defined]
+
+
+_derive()
 
 
 def full_fields() -> tuple[VmcsField, ...]:

@@ -22,6 +22,9 @@ F = VmcsField
 RFLAGS_IF = 1 << 9
 
 # SDM 24.4.2 interruptibility-state bits.
+DESCRIPTOR_S = 1 << 4      # access rights: code/data (not system)
+TYPE_ACCESSED = 1 << 0
+
 BLOCKING_BY_STI = 1 << 0
 BLOCKING_BY_MOV_SS = 1 << 1
 BLOCKING_BY_NMI = 1 << 3
@@ -46,9 +49,17 @@ _DESCRIPTOR_TABLES = {F.GUEST_GDTR_BASE: ("gdt", "base"), F.GUEST_GDTR_LIMIT: ("
 
 
 def access_rights(cache: SegmentCache, usable: bool = True) -> int:
-    """QEMU's cached descriptor flags in the VMX access-rights format (SDM 24.4.1 Table 24-2)."""
+    """QEMU's cached descriptor flags in the VMX access-rights format (SDM 24.4.1 Table 24-2).
+
+    A processor sets a code or data descriptor's accessed bit whenever it loads the segment
+    (SDM Vol. 3A 3.4.5.1), so a loaded, usable code/data segment is always "accessed"; QEMU
+    skips that write for some loads, so the bit is supplied here."""
     rights = (cache.flags >> 8) & 0xF0FF
-    return rights if usable else rights | (1 << 16)
+    if not usable:
+        return rights | (1 << 16)
+    if rights & DESCRIPTOR_S:
+        rights |= TYPE_ACCESSED
+    return rights
 
 
 def flags_from_access_rights(rights: int) -> int:

@@ -18,7 +18,10 @@ from vtemu.machine.cpustate import Seg
 from vtemu.machine.decode import CodeMode, Instruction, effective_address
 from vtemu.machine.fastcall import syscall, sysenter
 from vtemu.machine.sites import SiteKind
-from vtemu.vmx.controls import PrimaryProcessorControls
+from vtemu.machine.msrs import IA32_TSC_AUX
+from vtemu.machine.vcpu import GuestException
+from vtemu.vmx.controls import PrimaryProcessorControls, SecondaryProcessorControls
+from vtemu.vmx.port_io import io_instruction, string_io_instruction
 from vtemu.vmx.qualifications import (AddressSize, CrAccessQualification, CrAccessType,
                                       DescriptorTableInfo, DescriptorTableInstruction, Gpr,
                                       LdtrTrInfo, LdtrTrInstruction, MemoryOperand, MovDrDirection,
@@ -49,6 +52,7 @@ _DESCRIPTOR_OPS = {C.X86_INS_SGDT: DescriptorTableInstruction.SGDT,
                    C.X86_INS_SIDT: DescriptorTableInstruction.SIDT,
                    C.X86_INS_LGDT: DescriptorTableInstruction.LGDT,
                    C.X86_INS_LIDT: DescriptorTableInstruction.LIDT}
+UD = 6
 _LDTR_TR_OPS = {C.X86_INS_SLDT: LdtrTrInstruction.SLDT, C.X86_INS_STR: LdtrTrInstruction.STR,
                 C.X86_INS_LLDT: LdtrTrInstruction.LLDT, C.X86_INS_LTR: LdtrTrInstruction.LTR}
 
@@ -224,6 +228,29 @@ def pause(cpu: "VmxCpu", insn: Instruction) -> None:
         cpu.exit_instruction(ExitReason.PAUSE, insn, detail="pause")
 
 
+def cpuid(cpu: "VmxCpu", insn: Instruction) -> None:
+    """CPUID exits unconditionally (SDM 25.1.2)."""
+    leaf = cpu.vcpu.read(U.UC_X86_REG_EAX)
+    cpu.exit_completing_natively(ExitReason.CPUID, insn, detail=f"leaf {leaf:#x}")
+
+
+def rdtsc(cpu: "VmxCpu", insn: Instruction) -> None:
+    """RDTSC/RDTSCP: exit with RDTSC exiting, else the guest's TSC = TSC + offset (SDM 25.3)."""
+    with_aux = insn.id == C.X86_INS_RDTSCP
+    if with_aux and SecondaryProcessorControls.ENABLE_RDTSCP not in cpu.intercepts.secondary:
+        raise GuestException(UD)
+    if PrimaryProcessorControls.RDTSC_EXITING in cpu.intercepts.primary:
+        reason = ExitReason.RDTSCP if with_aux else ExitReason.RDTSC
+        cpu.exit_completing_natively(reason, insn, detail=insn.mnemonic)
+        return
+    value = cpu.guest_tsc()
+    cpu.vcpu.write(U.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+    cpu.vcpu.write(U.UC_X86_REG_RDX, value >> 32)
+    if with_aux:
+        cpu.vcpu.write(U.UC_X86_REG_RCX, cpu.msrs.read(IA32_TSC_AUX) & 0xFFFFFFFF)
+    cpu.finish_natively(insn)
+
+
 def fast_system_call(cpu: "VmxCpu", insn: Instruction) -> None:
     """Never an exit; Unicorn skips the ring transition, so the processor does it (fastcall.py)."""
     if insn.id == C.X86_INS_SYSCALL:
@@ -252,4 +279,9 @@ HANDLERS: dict[SiteKind, Callable[["VmxCpu", Instruction], None]] = {
     SiteKind.RDPMC: _always(ExitReason.RDPMC),
     SiteKind.SYSCALL: fast_system_call,
     SiteKind.SYSENTER: fast_system_call,
+    SiteKind.IO: io_instruction,
+    SiteKind.STRING_IO: string_io_instruction,
+    SiteKind.CPUID: cpuid,
+    SiteKind.RDTSC: rdtsc,
+    SiteKind.RDTSCP: rdtsc,
 }

@@ -43,6 +43,10 @@ class Intercepts:
     io_bitmap_b: bytes | memoryview
     msr_bitmap: bytes | memoryview
 
+    @property
+    def window_exiting(self) -> bool:
+        return P.INTERRUPT_WINDOW_EXITING in self.primary
+
     @classmethod
     def from_vmcs(cls, vmcs: Vmcs, host_page: Callable[[int], memoryview]) -> "Intercepts":
         primary = P(vmcs.read(F.CPU_BASED_VM_EXEC_CONTROL))
@@ -123,12 +127,14 @@ class Intercepts:
     def site_kinds(self) -> frozenset[SiteKind]:
         """Instruction classes the processor must look at, given these controls.
 
-        RDMSR/WRMSR, MOV CR and SYSCALL/SYSENTER always need vtemu's hand (its MSR model,
-        CR8/TPR, CR0/CR4 shadows, the ring transition Unicorn skips); the rest only when a
-        control makes them exit.
+        RDMSR/WRMSR, MOV CR, SYSCALL/SYSENTER, port I/O, CPUID and RDTSC(P) always need vtemu's
+        hand (its MSR model, CR8/TPR, CR0/CR4 shadows, the ring transition Unicorn skips, I/O
+        permission checks, deterministic TSC, exits that must stop at the instruction); the
+        rest only when a control makes them exit.
         """
         kinds = {SiteKind.RDMSR, SiteKind.WRMSR, SiteKind.MOV_CR, SiteKind.SYSCALL,
-                 SiteKind.SYSENTER, SiteKind.INVD, SiteKind.XSETBV}
+                 SiteKind.SYSENTER, SiteKind.INVD, SiteKind.XSETBV, SiteKind.IO,
+                 SiteKind.STRING_IO, SiteKind.CPUID, SiteKind.RDTSC, SiteKind.RDTSCP}
         optional = {
             SiteKind.INVLPG: P.INVLPG_EXITING in self.primary,
             SiteKind.MOV_DR: P.MOV_DR_EXITING in self.primary,

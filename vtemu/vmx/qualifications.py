@@ -8,6 +8,7 @@ qualifications, 27-8 .. 27-14 for instruction information); titles are given for
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Self
@@ -158,6 +159,13 @@ class IoQualification(BitStruct):
             raise ValueError(f"Table 27-5: access size {self.size} is not 1, 2 or 4 bytes")
         if self.immediate and self.string:
             raise ValueError("INS/OUTS always take the port from DX")
+
+
+@functools.lru_cache(maxsize=4096)
+def io_qualification(size: int, direction: IoDirection, port: int, *, string: bool = False,
+                     rep: bool = False, immediate: bool = False) -> int:
+    """IoQualification(...).encode(), memoized: I/O exits are the most frequent of all."""
+    return IoQualification(size, direction, string, rep, immediate, port).encode()
 
 
 class ApicAccessType(IntEnum):

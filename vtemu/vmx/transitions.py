@@ -7,7 +7,6 @@ Both work on the live vCPU: the VMCS guest-state area is a view of its registers
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from vtemu.machine.delivery import Event, EventType, TripleFault, deliver
@@ -18,7 +17,7 @@ from vtemu.vmx.entry_checks import check_controls, check_guest_state
 from vtemu.vmx.exit import ExitDecision, VmExit
 from vtemu.vmx.fields import VmcsField as F
 from vtemu.vmx.interruption import InterruptionInfo, InterruptionType
-from vtemu.vmx.reasons import ExitReason, ExitReasonField
+from vtemu.vmx.reasons import ExitReason
 
 if TYPE_CHECKING:
     from vtemu.vmx.cpu import VmxCpu
@@ -34,19 +33,10 @@ def vm_exit(cpu: "VmxCpu", exit: VmExit) -> ExitDecision:
     # 27.1 Architectural state before a VM exit: a fault-like exit leaves the instruction
     #      unexecuted (guest RIP points at it); nothing of the guest has changed yet.
     # 27.2 Recording VM-exit information and updating VM-entry control fields.
-    reason = ExitReasonField(exit.reason, entry_failure=exit.entry_failure)
-    vmcs.record_exit_info(F.EXIT_REASON, reason.encode())
-    vmcs.record_exit_info(F.EXIT_QUALIFICATION, exit.qualification)
-    vmcs.record_exit_info(F.VM_EXIT_INSTRUCTION_LEN, exit.instruction_length)
-    vmcs.record_exit_info(F.VMX_INSTRUCTION_INFO, exit.instruction_info)
-    vmcs.record_exit_info(F.GUEST_LINEAR_ADDRESS, exit.guest_linear or 0)
-    vmcs.record_exit_info(F.GUEST_PHYSICAL_ADDRESS, exit.guest_physical or 0)
-    _record_event(vmcs, F.VM_EXIT_INTR_INFO, F.VM_EXIT_INTR_ERROR_CODE,
-                  exit.interruption, exit.interruption_error)
-    _record_event(vmcs, F.IDT_VECTORING_INFO_FIELD, F.IDT_VECTORING_ERROR_CODE,
-                  exit.idt_vectoring, exit.idt_vectoring_error)
+    vmcs.record_exit(_ExitInformation(exit))
     # "VM exits clear the valid bit of the VM-entry interruption-information field" (27.2.5).
-    vmcs.cpu_write(F.VM_ENTRY_INTR_INFO_FIELD, 0)
+    if vmcs.read(F.VM_ENTRY_INTR_INFO_FIELD):
+        vmcs.cpu_write(F.VM_ENTRY_INTR_INFO_FIELD, 0)
     # 27.3 Saving guest state: the guest-state area is the live vCPU; nothing to copy. With
     #      IA32_VMX_MISC[5], the exit stores IA32_EFER.LMA into the "IA-32e mode guest"
     #      entry control, so a guest that switched to long mode re-enters in long mode.
@@ -59,17 +49,35 @@ def vm_exit(cpu: "VmxCpu", exit: VmExit) -> ExitDecision:
     return cpu.exit_handler(exit)
 
 
+class _ExitInformation:
+    """The VM-exit information fields of one exit (SDM 24.9, 27.2), computed when read."""
+
+    _FIELDS = {
+        F.EXIT_REASON: lambda e: int(e.reason) | (1 << 31 if e.entry_failure else 0),
+        F.EXIT_QUALIFICATION: lambda e: e.qualification,
+        F.VM_EXIT_INSTRUCTION_LEN: lambda e: e.instruction_length,
+        F.VMX_INSTRUCTION_INFO: lambda e: e.instruction_info,
+        F.GUEST_LINEAR_ADDRESS: lambda e: e.guest_linear or 0,
+        F.GUEST_PHYSICAL_ADDRESS: lambda e: e.guest_physical or 0,
+        F.VM_EXIT_INTR_INFO: lambda e: e.interruption.encode() if e.interruption else 0,
+        F.VM_EXIT_INTR_ERROR_CODE: lambda e: e.interruption_error or 0,
+        F.IDT_VECTORING_INFO_FIELD: lambda e: e.idt_vectoring.encode() if e.idt_vectoring else 0,
+        F.IDT_VECTORING_ERROR_CODE: lambda e: e.idt_vectoring_error or 0,
+    }
+
+    def __init__(self, exit: VmExit) -> None:
+        self.exit = exit
+
+    def value(self, field: F) -> int | None:
+        compute = self._FIELDS.get(field)
+        return None if compute is None else compute(self.exit)
+
+
 def _store_lma(cpu: "VmxCpu") -> None:
     entry = cpu.vmcs.read(F.VM_ENTRY_CONTROLS)
-    lma = bool(cpu.vcpu.context.load().hflags & HF_LMA)  # QEMU mirrors EFER.LMA in hflags
+    lma = bool(cpu.vcpu.state().hflags & HF_LMA)  # QEMU mirrors EFER.LMA in hflags
     if bool(entry & EntryControls.IA32E_MODE_GUEST) != lma:
         cpu.vmcs.cpu_write(F.VM_ENTRY_CONTROLS, entry ^ EntryControls.IA32E_MODE_GUEST)
-
-
-def _record_event(vmcs: object, info_field: F, error_field: F, info: InterruptionInfo | None,
-                  error_code: int | None) -> None:
-    vmcs.record_exit_info(info_field, info.encode() if info is not None else 0)  # type: ignore[attr-defined]
-    vmcs.record_exit_info(error_field, error_code or 0)  # type: ignore[attr-defined]
 
 
 def vm_entry(cpu: "VmxCpu") -> VmExit | None:
@@ -135,4 +143,4 @@ def _as_interruption(event: Event) -> InterruptionInfo:
 
 def _with_vectoring(exit: VmExit, info: InterruptionInfo, error: int | None) -> VmExit:
     """An exit during event delivery reports the event in the IDT-vectoring fields (27.2.4)."""
-    return replace(exit, idt_vectoring=info, idt_vectoring_error=error)
+    return exit._replace(idt_vectoring=info, idt_vectoring_error=error)

@@ -31,6 +31,12 @@ class GuestStateBackend(Protocol):
     def write_field(self, field: VmcsField, value: int) -> None: ...
 
 
+class ExitInformation(Protocol):
+    """The fields of one VM exit's information area (SDM 24.9); None for fields it lacks."""
+
+    def value(self, field: VmcsField) -> int | None: ...
+
+
 class LaunchState(Enum):
     """SDM 24.1: VMCLEAR makes a VMCS clear, a successful VMLAUNCH makes it launched."""
 
@@ -57,6 +63,7 @@ class Vmcs:
         self._guest_state = guest_state
         self._values: dict[VmcsField, int] = {}
         self._dirty: set[VmcsField] = set()
+        self._exit_information: ExitInformation | None = None
         self.launch_state = LaunchState.CLEAR
 
     # --- VMREAD / VMWRITE -----------------------------------------------------------------
@@ -86,6 +93,11 @@ class Vmcs:
             raise ValueError(f"{field.name} is not a VM-exit information field")
         self.cpu_write(field, value)
 
+    def record_exit(self, information: "ExitInformation") -> None:
+        """The VM-exit information of one exit (27.2), read from it when software asks:
+        exits are frequent and most of their fields are never read."""
+        self._exit_information = information
+
     def record_instruction_error(self, number: VmInstructionErrorNumber) -> None:
         """VMfailValid (SDM 30.2): the error number goes to the VM-instruction error field."""
         self.record_exit_info(VmcsField.VM_INSTRUCTION_ERROR, int(number))
@@ -103,7 +115,9 @@ class Vmcs:
 
     def is_dirty(self, *types: FieldType) -> bool:
         """Whether software wrote any field of the given types (any type if none given)."""
-        return any(not types or f.type in types for f in self._dirty)
+        if not types:
+            return bool(self._dirty)
+        return any(f.type in types for f in self._dirty)
 
     def clear_dirty(self) -> None:
         self._dirty.clear()
@@ -133,6 +147,10 @@ class Vmcs:
         backend = self._routed(full)
         if backend is not None:
             return backend.read_field(full) & full.mask
+        if self._exit_information is not None and full.type is FieldType.EXIT_INFORMATION:
+            value = self._exit_information.value(full)
+            if value is not None:
+                return value & full.mask
         return self._values.get(full, 0)
 
     def _store(self, field: VmcsField, value: int) -> None:
