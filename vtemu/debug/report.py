@@ -39,12 +39,13 @@ def summary(partition: "Partition", wall_s: float) -> dict[str, object]:
 
 
 def print_stats(partition: "Partition", wall_s: float, stream: TextIO) -> None:
-    console = Console(file=stream, highlight=False, soft_wrap=False)
+    console = Console(file=stream, highlight=False, soft_wrap=False,
+                      width=None if stream.isatty() else 132)
     table = Table(title=f"VM exits: {partition.name}", title_justify="left")
     for column in ("reason", "#", "count", "%", "total µs", "min µs", "avg µs", "max µs", "top"):
         table.add_column(column, justify="left" if column in ("reason", "top") else "right")
     for row in stats_rows(partition):
-        top = ", ".join(f"{key}×{value}" for key, value in row["top"].items())  # type: ignore[attr-defined]
+        top = ", ".join(f"{key} ×{value}" for key, value in row["top"].items())  # type: ignore[attr-defined]
         table.add_row(str(row["reason"]), str(row["number"]), str(row["count"]), f"{row['percent']:.1f}",
                       f"{row['total_us']:.0f}", f"{row['min_us']:.1f}", f"{row['mean_us']:.1f}",
                       f"{row['max_us']:.1f}", top)
