@@ -1,14 +1,18 @@
-"""Integer expressions the preprocessor must know before assembly (a `.rept` count).
+"""Integer expressions vtemu evaluates itself instead of trusting Keystone with them.
 
-Keystone evaluates every other expression; this one is needed earlier because `.rept` is
-expanded by vtemu (see macros.py for why). Only integer literals, names with a known constant
-expression (-D values, `.equ`/`.set` seen so far) and C-like integer operators are allowed,
-evaluated through Python's `ast` without `eval`.
+Two users: the preprocessor must know a `.rept` count before assembly (vtemu expands `.rept`,
+see macros.py for why), and the round-trip check recomputes operand expressions (`[lab + C]`)
+from the symbol table, because Keystone 0.9.2 evaluates some of them wrongly. Only integer
+literals, names with a known value and C-like integer operators are allowed, evaluated
+through Python's `ast` without `eval`.
 """
 
 import ast
 import operator
+import re
 from collections.abc import Callable, Mapping
+
+from vtemu.asm.lexer import SYMBOL_RE
 
 _BINARY: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
@@ -28,6 +32,42 @@ class ConstExprError(ValueError):
 def evaluate(expr: str, names: Mapping[str, str]) -> int:
     """Value of `expr`, where `names` maps symbols to their (unevaluated) expressions."""
     return _evaluate(expr, names, frozenset())
+
+
+# A symbol not glued to a number (`x10` in `0x10` and `h` in `10h` are not symbols).
+_SYMBOL_USE = re.compile(rf"(?<![\w$.]){SYMBOL_RE}")
+# GAS and LLVM rank these differently from C (and from each other): an expression mixing one
+# of them with another binary operator has no value every assembler agrees on.
+_PRECEDENCE_SENSITIVE = frozenset({ast.LShift, ast.RShift, ast.BitAnd, ast.BitOr, ast.BitXor,
+                                   ast.Mod})
+
+
+def evaluate_with_values(expr: str, values: Mapping[str, int]) -> int:
+    """Value of an operand expression whose symbols have the given (already known) values.
+
+    Symbols may contain `.` and `$` (not Python names), so each is replaced by a placeholder
+    first. ConstExprError for anything else: an unknown name (a register, `.`, a keyword),
+    a character literal, a number format Python does not share, or an operator mix whose
+    precedence differs between assemblers.
+    """
+    names: dict[str, str] = {}
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group(0) not in values:
+            raise ConstExprError(f"`{match.group(0)}` has no known value")
+        key = f"_v{len(names)}"
+        names[key] = str(values[match.group(0)])
+        return key
+
+    substituted = _SYMBOL_USE.sub(placeholder, expr).strip()
+    try:
+        tree = ast.parse(substituted, mode="eval")
+    except SyntaxError:
+        raise ConstExprError(f"`{expr}` is not an integer expression") from None
+    operators = {type(node.op) for node in ast.walk(tree) if isinstance(node, ast.BinOp)}
+    if len(operators) > 1 and operators & _PRECEDENCE_SENSITIVE:
+        raise ConstExprError(f"`{expr}` mixes operators whose precedence differs between assemblers")
+    return _node(tree.body, names, frozenset())
 
 
 def _evaluate(expr: str, names: Mapping[str, str], resolving: frozenset[str]) -> int:

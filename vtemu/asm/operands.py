@@ -1,9 +1,10 @@
 """Reads an Intel-syntax instruction statement the way a human meant it.
 
 The round-trip check compares what the source asked for (mnemonic, explicit operand size,
-far pointer, memory scale) with what Capstone decodes from Keystone's bytes, so it needs the
-source side as data: prefixes, mnemonic, operands, and for memory operands the scaled terms
-(`ecx*4`, `tbl*4`) and plain terms.
+far pointer, memory scale, displacement, address size, immediate values) with what Capstone
+decodes from Keystone's bytes, so it needs the source side as data: prefixes, mnemonic,
+operands, and for memory operands the scaled terms (`ecx*4`, `tbl*4`), the register terms
+and the displacement expression left when the registers are taken out (`lab + C`).
 """
 
 import re
@@ -13,6 +14,10 @@ from functools import cached_property
 from vtemu.asm.lexer import SYMBOL_RE, first_word, integer_literal, split_top_level
 from vtemu.asm.registers import (
     GENERAL_REGISTERS,
+    GPR16,
+    GPR32,
+    GPR64,
+    OPERAND_KEYWORDS,
     REGISTERS,
     SEGMENT_REGISTERS,
     SIZE_KEYWORDS,
@@ -26,6 +31,10 @@ PREFIX_WORDS = frozenset({
 _SYMBOL = re.compile(SYMBOL_RE)
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 _SIZE_KEYWORD = re.compile(r"\b(" + "|".join(SIZE_KEYWORDS) + r")\b", re.IGNORECASE)
+_KEYWORDS = re.compile(r"\b(" + "|".join(OPERAND_KEYWORDS) + r")\b", re.IGNORECASE)
+# Address size (bits) a register asks for when it appears inside brackets.
+_ADDRESS_SIZES = {**dict.fromkeys(GPR16 | {"ip"}, 16), **dict.fromkeys(GPR32 | {"eip"}, 32),
+                  **dict.fromkeys(GPR64 | {"rip"}, 64)}
 
 
 @dataclass(frozen=True)
@@ -39,16 +48,34 @@ class ScaledTerm:
 
 @dataclass(frozen=True)
 class MemoryOperand:
-    """The text between `[` and `]`, split into its `+`/`-` terms."""
+    """The text between `[` and `]`, split into its `+`/`-` terms.
+
+    `register_terms` are the terms that name a register (`ebx`, `ecx*4`) as written, and
+    `displacement` is everything else with its signs (`lab + C`, `-4`; `0` when nothing is
+    left): the value the source means for the encoded displacement.
+    """
 
     text: str
     terms: tuple[str, ...]
     scaled: tuple[ScaledTerm, ...]
+    register_terms: tuple[str, ...]
+    displacement: str
 
     @property
     def registers(self) -> tuple[str, ...]:
         return tuple(t.lower() for t in self.terms if t.lower() in REGISTERS)
 
+    @property
+    def address_sizes(self) -> frozenset[int]:
+        """Address sizes (bits) the registers in the brackets ask for; empty without registers."""
+        names = [t.lower() for t in self.terms] + [s.factor for s in self.scaled if s.is_register]
+        return frozenset(_ADDRESS_SIZES[n] for n in names if n in _ADDRESS_SIZES)
+
+    @property
+    def has_symbol(self) -> bool:
+        """Whether the displacement names a label or constant (not only numbers)."""
+        return _SYMBOL.search(re.sub(r"0x[0-9a-f]+|0b[01]+", "", self.displacement,
+                                     flags=re.IGNORECASE)) is not None
 
 
 @dataclass(frozen=True)
@@ -90,6 +117,14 @@ class SourceInstruction:
             return None
         return FarPointer(parts[0], parts[1])
 
+    @cached_property
+    def value_operands(self) -> tuple[str | None, ...]:
+        """Per operand, the expression of an immediate or direct branch target, else None.
+
+        `dword 5` -> `5`, `short done` -> `done`; registers, memory and far pointers are None.
+        """
+        return tuple(_value_expression(op) for op in self.operands)
+
     def has_operand_in(self, names: frozenset[str]) -> bool:
         """Whether some operand is exactly one of the given register names."""
         return any(op.lower() in names for op in self.operands)
@@ -115,25 +150,50 @@ def parse_instruction(text: str) -> SourceInstruction:
 
 
 def _memory_operand(inside: str) -> MemoryOperand:
-    terms = tuple(_terms(inside))
+    signed = _signed_terms(inside)
+    terms = tuple(term for _, term in signed)
     scaled = tuple(s for s in (_scaled(t) for t in terms) if s is not None)
-    return MemoryOperand(inside.strip(), terms, scaled)
+    registers = [(sign, term) for sign, term in signed if _names_register(term)]
+    others = [(sign, term) for sign, term in signed if not _names_register(term)]
+    return MemoryOperand(inside.strip(), terms, scaled, tuple(_joined([t]) for t in registers),
+                         _joined(others) or "0")
 
 
-def _terms(expression: str) -> list[str]:
-    """The `+`/`-` separated terms at parenthesis depth 0, without their signs."""
-    terms: list[str] = []
+def _signed_terms(expression: str) -> list[tuple[str, str]]:
+    """The `+`/`-` separated terms at parenthesis depth 0, each with the sign before it."""
+    terms: list[tuple[str, str]] = []
     depth = 0
-    current = ""
+    sign, current = "+", ""
     for char in expression:
         depth += (char == "(") - (char == ")")
         if char in "+-" and depth == 0:
-            terms.append(current.strip())
-            current = ""
+            terms.append((sign, current.strip()))
+            sign, current = char, ""
         else:
             current += char
-    terms.append(current.strip())
-    return [t for t in terms if t]
+    terms.append((sign, current.strip()))
+    return [(sign, term) for sign, term in terms if term]
+
+
+def _joined(terms: list[tuple[str, str]]) -> str:
+    """`[("+", "lab"), ("-", "C")]` -> `lab - C`; a leading minus stays (`-4`)."""
+    text = "".join(f" {sign} {term}" for sign, term in terms).strip()
+    return text[2:] if text.startswith("+ ") else text.replace("- ", "-", 1)
+
+
+def _names_register(term: str) -> bool:
+    scaled = _scaled(term)
+    return term.lower() in REGISTERS or (scaled is not None and scaled.is_register)
+
+
+def _value_expression(operand: str) -> str | None:
+    """The operand without size/distance keywords, if it is neither register, memory nor far."""
+    if "[" in operand or len(split_top_level(operand, ":")) != 1:
+        return None
+    expression = _KEYWORDS.sub(" ", operand).strip()
+    if not expression or expression.lower() in REGISTERS:
+        return None
+    return expression
 
 
 def _scaled(term: str) -> ScaledTerm | None:

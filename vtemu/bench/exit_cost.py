@@ -89,12 +89,14 @@ def _timed_guest_loop(image: bytes, complete_vmcall: bool = False, clock_live: b
     partition = partitions[0]
     if complete_vmcall:
         partition.handlers[ExitReason.VMCALL] = lambda exit, cpu, part: done(exit, cpu)
-    if clock_live:
-        partition.clock.schedule(1 << 60, lambda: None)  # a far deadline: every instruction counts
 
     def observe(exit: object, outcome: object, elapsed_ns: int) -> None:
         detail = getattr(exit, "detail", None)
         if detail == f"out {MARK_PORT:#x}":
+            if clock_live and not marks:
+                # A far timer deadline at the loop's start: from here every instruction counts,
+                # as in a guest that has armed its timer after booting.
+                partition.clock.schedule(1 << 60, lambda: None)
             marks.append(time.perf_counter_ns())
 
     partition.exit_observers.append(observe)

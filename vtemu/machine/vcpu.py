@@ -109,7 +109,7 @@ class VCpu:
         self.decoder = Decoder()
         self.engine = Engine(_real_mode_engine())
         self.context = CpuContext(self.engine)
-        self.sites = SiteRegistry(self.decoder, self._plant_site, lambda hook: hook.remove())
+        self.sites = SiteRegistry(self.decoder, self._plant_site, self._remove_site)
         memory.map_into(self.engine.uc, regions)
         self.engine.uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
         self.engine.uc.ctl_exits_enabled(True)  # empty exit set: no "until" address to invalidate
@@ -123,6 +123,8 @@ class VCpu:
         self._running = False
         self._epoch = 0
         self._loaded_epoch = -1
+        self._dead_hooks = False
+        self._refuse_fills = False
         self._emulated_in_hook = False
         self._stop_phase = _Phase.NONE
         self.tlb_fills = 0
@@ -308,7 +310,15 @@ class VCpu:
 
     def _before_run(self, counted: bool) -> None:
         if counted and not self.counting:
-            self.engine.uc.ctl_flush_tb()  # blocks translated without the count hook never count
+            # Blocks translated without the count hook never count, so they all go. While
+            # counting, Unicorn walks every code hook at every instruction; sites of pages
+            # no longer executed (the firmware's, say) would slow each one, so they go too
+            # and only the pages that run again are rescanned.
+            self.sites.replant(self.sites.kinds)
+            self.flush_translations()
+        if self._dead_hooks:
+            self.flush_tlb()
+            self._purge_dead_hooks()
         self.counting = counted
         self._running = True
 
@@ -341,6 +351,10 @@ class VCpu:
     def in_code_hook(self) -> bool:
         """True while a sensitive-instruction site is being handled, before the instruction runs."""
         return self._phase is _Phase.BEFORE
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop is not None
 
     def retire_emulated(self, count: int = 1) -> None:
         """Account for instructions completed (or, with a negative count, undone) by emulation.
@@ -430,6 +444,23 @@ class VCpu:
     def _plant_site(self, address: int) -> object:
         return self.engine.hook_code(self._on_site, address, address)
 
+    def _remove_site(self, hook: object) -> None:
+        hook.remove()  # type: ignore[attr-defined]
+        if not self._running:
+            self._dead_hooks = True
+
+    def _purge_dead_hooks(self) -> None:
+        """Unicorn unlinks deleted hooks only when an emu_start ends, and until then walks them
+        at every hooked (in counted mode: every) instruction; 111 dead sites made counting
+        50x slower. A run that stops at once, refusing the first instruction fetch (the TLB
+        is empty after a flush), lets Unicorn unlink them without executing anything."""
+        self._dead_hooks = False
+        self._refuse_fills = True
+        try:
+            self.engine.start(self.rip)
+        finally:
+            self._refuse_fills = False
+
     def _on_site(self, address: int, _size: int) -> None:
         site = self.sites.site_at(address)
         if site is None:
@@ -451,6 +482,8 @@ class VCpu:
         return False
 
     def _on_tlb_fill(self, vpage: int, uc_access: int, entry: object) -> bool:
+        if self._refuse_fills:
+            return False
         self.tlb_fills += 1
         access = _UC_ACCESS[uc_access]
         context = self.context.load()

@@ -17,8 +17,8 @@ from typing import Callable, Protocol
 import capstone.x86_const as C
 import unicorn.x86_const as U
 
-from vtemu.machine.cpustate import HF_INHIBIT_IRQ, HF_PE, Seg
-from vtemu.machine.decode import Instruction
+from vtemu.machine.cpustate import HF_CS32, HF_CS64, HF_INHIBIT_IRQ, HF_PE, Seg
+from vtemu.machine.decode import CodeMode, Instruction
 from vtemu.machine.delivery import Event, EventType
 from vtemu.machine.memory import HostMemory
 from vtemu.machine.msrs import IA32_TSC_AUX, MsrModel, TimeStampCounter
@@ -59,8 +59,10 @@ VMX_INSTRUCTION_EXITS = {
     C.X86_INS_INVEPT: ExitReason.INVEPT, C.X86_INS_INVVPID: ExitReason.INVVPID,
     C.X86_INS_VMFUNC: ExitReason.VMFUNC,
 }
-_PASSTHROUGH = "passthrough"   # the instruction's hook performs the access itself
-_COMPLETED = "completed"       # the processor already did the work; the hook only completes
+_ADDRESS_MASK = 0xFFFFFFFFFFFFFFFF
+_MODES = {0: CodeMode.BITS16, HF_CS32: CodeMode.BITS32, HF_CS32 | HF_CS64: CodeMode.BITS64,
+          HF_CS64: CodeMode.BITS64}
+
 
 
 class PortSpace(Protocol):
@@ -104,7 +106,7 @@ class VmxCpu:
         self._entry_pending = True
         self._pending_event: tuple[Event, int] | None = None
         self._after_stop: Callable[[], None] | None = None
-        self._token: tuple[int, str] | None = None
+        self._token: Instruction | None = None
         self.string_io_passthrough: Callable[[Instruction, int, int, IoDirection], None] = _no_string_io
         self._rewind: dict[int, int] | None = None
         self._inline = False
@@ -270,26 +272,29 @@ class VmxCpu:
     # IN, OUT, CPUID, RDTSC and RDTSCP are sites too: the processor decides at the site, before
     # the instruction runs, so it can stop exactly there. When it lets Unicorn run the
     # instruction, it leaves a token saying what Unicorn's own instruction hook must do.
-    def finish_natively(self, insn: Instruction, passthrough: bool = False) -> None:
-        """Let Unicorn execute the instruction: its hook then performs the access (passthrough)
-        or only completes what the processor already did (registers set, device accessed)."""
-        self._token = (insn.address, _PASSTHROUGH if passthrough else _COMPLETED)
+    def finish_natively(self, insn: Instruction) -> None:
+        """The processor has done the instruction's work (registers set, device accessed):
+        let Unicorn execute it, and its hook only complete it. If the vCPU is about to stop
+        at this site, Unicorn will not execute it, so it is completed here instead."""
+        self._token = insn
 
-    def _redeem(self, what: str) -> str:
-        token, self._token = self._token, None
+    def _complete_pending_at_stop(self) -> None:
+        insn, self._token = self._token, None
+        if insn is not None:
+            self.complete(insn)
+
+    def _redeem(self, what: str) -> None:
+        insn, self._token = self._token, None
         rip = self.vcpu.rip
-        if token is None or token[0] != rip:
+        if insn is None or insn.address != rip:
             raise RuntimeError(f"{what} at {rip:#x} ran without passing its site (vtemu bug)")
-        return token[1]
 
     def port_in(self, port: int, size: int) -> int:
-        if self._redeem("IN") is _PASSTHROUGH:
-            return self.ports.read(port, size)
+        self._redeem("IN")
         return self.vcpu.read(U.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
 
     def port_out(self, port: int, size: int, value: int) -> None:
-        if self._redeem("OUT") is _PASSTHROUGH:
-            self.ports.write(port, size, value)
+        self._redeem("OUT")
 
     def cpuid(self) -> None:
         self._redeem("CPUID")
@@ -310,8 +315,8 @@ class VmxCpu:
         mode) every byte of the port range needs a clear bit in the TSS I/O bitmap. The check
         comes before any VM exit (SDM 25.1.1). Unicorn's core performs no such check."""
         state = self.vcpu.state()
-        if not state.hflags & HF_PE:
-            return False
+        if not state.hflags & HF_PE or state.cpl == 0:
+            return False  # real mode, or CPL 0 <= any IOPL
         rflags = self.vcpu.read(U.UC_X86_REG_RFLAGS)
         if state.cpl <= (rflags >> RFLAGS_IOPL_SHIFT) & 3 and not rflags & RFLAGS_VM:
             return False
@@ -332,7 +337,9 @@ class VmxCpu:
         return not bits & (((1 << size) - 1) << (port % 8))
 
     def sensitive_instruction(self, site: Site) -> None:
-        insn = self.vcpu.decoder.decode(site.raw, self.vcpu.rip, self.vcpu.code_mode())
+        state = self.vcpu.state()
+        insn = self.vcpu.decoder.decode(site.raw, (site.address - state.cs_base) & _ADDRESS_MASK,
+                                        _MODES[state.hflags & (HF_CS32 | HF_CS64)])
         if insn is None:
             return
         kind = classify(insn)
@@ -342,6 +349,8 @@ class VmxCpu:
             instructions.handle(self, kind, insn)
         except GuestException as fault:
             self.raise_exception(fault.vector, fault.error_code, rip=insn.address)
+        if self._token is not None and self.vcpu.stop_requested:
+            self._complete_pending_at_stop()
 
     # --- the run loop's interface ---------------------------------------------------------
     def run_slice(self, budget: int | None) -> bool:

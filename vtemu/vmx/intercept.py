@@ -43,9 +43,12 @@ class Intercepts:
     io_bitmap_b: bytes | memoryview
     msr_bitmap: bytes | memoryview
 
-    @property
-    def window_exiting(self) -> bool:
-        return P.INTERRUPT_WINDOW_EXITING in self.primary
+    def __post_init__(self) -> None:
+        # IntFlag membership tests cost about a microsecond each; the hot ones are kept as bools.
+        self.use_io_bitmaps = P.USE_IO_BITMAPS in self.primary
+        self.unconditional_io = P.UNCONDITIONAL_IO_EXITING in self.primary
+        self.use_msr_bitmaps = P.USE_MSR_BITMAPS in self.primary
+        self.window_exiting = P.INTERRUPT_WINDOW_EXITING in self.primary
 
     @classmethod
     def from_vmcs(cls, vmcs: Vmcs, host_page: Callable[[int], memoryview]) -> "Intercepts":
@@ -72,13 +75,13 @@ class Intercepts:
     # --- I/O and MSRs (25.1.3) ------------------------------------------------------------
     def io_exits(self, port: int, size: int) -> bool:
         """Unconditional I/O exiting applies only while I/O bitmaps are off."""
-        if P.USE_IO_BITMAPS in self.primary:
+        if self.use_io_bitmaps:
             return io_access_exits(self.io_bitmap_a, self.io_bitmap_b, port, size)
-        return P.UNCONDITIONAL_IO_EXITING in self.primary
+        return self.unconditional_io
 
     def msr_exits(self, msr: int, write: bool) -> bool:
         """Without MSR bitmaps every RDMSR/WRMSR exits."""
-        if P.USE_MSR_BITMAPS not in self.primary:
+        if not self.use_msr_bitmaps:
             return True
         return msr_access_exits(self.msr_bitmap, msr, write)
 

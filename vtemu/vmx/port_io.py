@@ -43,11 +43,25 @@ def io_instruction(cpu: "VmxCpu", insn: Instruction) -> None:
     if cpu.io_denied(port, size):
         raise GuestException(GP, 0)
     if not cpu.intercepts.io_exits(port, size):
-        cpu.finish_natively(insn, passthrough=True)
+        _access(cpu, port, size, direction)  # an assigned port: straight to the device
+        cpu.finish_natively(insn)
         return
     qualification = io_qualification(size, direction, port, immediate=bool(insn.immediates))
     verb = "in" if direction is IoDirection.IN else "out"
     cpu.exit_completing_natively(ExitReason.IO_INSTRUCTION, insn, qualification, f"{verb} {port:#x}")
+
+
+def _access(cpu: "VmxCpu", port: int, size: int, direction: IoDirection) -> None:
+    if direction is IoDirection.IN:
+        write_accumulator(cpu, size, cpu.ports.read(port, size))
+    else:
+        cpu.ports.write(port, size, cpu.vcpu.read(U.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1))
+
+
+def write_accumulator(cpu: "VmxCpu", size: int, value: int) -> None:
+    """IN's destination: AL and AX keep the rest of RAX; EAX zero-extends (SDM Vol. 1 3.4.1.1)."""
+    register = {1: U.UC_X86_REG_AL, 2: U.UC_X86_REG_AX, 4: U.UC_X86_REG_RAX}[size]
+    cpu.vcpu.write(register, value & ((1 << (8 * size)) - 1))
 
 
 def string_io_instruction(cpu: "VmxCpu", insn: Instruction) -> None:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from vtemu.vmx.cpu import VmxCpu
 
 
+_IA32E_MODE_GUEST = int(EntryControls.IA32E_MODE_GUEST)
+
+
 class VmEntryFailed(Exception):
     """VMRESUME failed with VMfailValid (SDM 26.2): the hypervisor built an invalid VMCS."""
 
@@ -35,7 +38,7 @@ def vm_exit(cpu: "VmxCpu", exit: VmExit) -> ExitDecision:
     # 27.2 Recording VM-exit information and updating VM-entry control fields.
     vmcs.record_exit(_ExitInformation(exit))
     # "VM exits clear the valid bit of the VM-entry interruption-information field" (27.2.5).
-    if vmcs.read(F.VM_ENTRY_INTR_INFO_FIELD):
+    if vmcs.stored(F.VM_ENTRY_INTR_INFO_FIELD):
         vmcs.cpu_write(F.VM_ENTRY_INTR_INFO_FIELD, 0)
     # 27.3 Saving guest state: the guest-state area is the live vCPU; nothing to copy. With
     #      IA32_VMX_MISC[5], the exit stores IA32_EFER.LMA into the "IA-32e mode guest"
@@ -74,10 +77,10 @@ class _ExitInformation:
 
 
 def _store_lma(cpu: "VmxCpu") -> None:
-    entry = cpu.vmcs.read(F.VM_ENTRY_CONTROLS)
     lma = bool(cpu.vcpu.state().hflags & HF_LMA)  # QEMU mirrors EFER.LMA in hflags
-    if bool(entry & EntryControls.IA32E_MODE_GUEST) != lma:
-        cpu.vmcs.cpu_write(F.VM_ENTRY_CONTROLS, entry ^ EntryControls.IA32E_MODE_GUEST)
+    entry = cpu.vmcs.stored(F.VM_ENTRY_CONTROLS)
+    if bool(entry & _IA32E_MODE_GUEST) != lma:
+        cpu.vmcs.cpu_write(F.VM_ENTRY_CONTROLS, entry ^ _IA32E_MODE_GUEST)
 
 
 def vm_entry(cpu: "VmxCpu") -> VmExit | None:

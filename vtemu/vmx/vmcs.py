@@ -81,6 +81,10 @@ class Vmcs:
         self._store(resolved, value)
         self._dirty.add(resolved.full)
 
+    def stored(self, field: VmcsField) -> int:
+        """The processor's own fast read of a control field it keeps (no VMREAD checks)."""
+        return self._values.get(field, 0)
+
     def supports(self, field: VmcsField | int) -> bool:
         """True if VMREAD/VMWRITE accept this encoding."""
         resolved = field if isinstance(field, VmcsField) else VmcsField.lookup(field)

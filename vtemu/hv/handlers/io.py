@@ -20,6 +20,7 @@ from vtemu.hv.outcome import RESUME, Outcome
 from vtemu.machine.cpustate import Seg
 from vtemu.machine.decode import CodeMode, Instruction
 from vtemu.machine.translation import GuestPageFault, MemoryAccess
+from vtemu.vmx.port_io import write_accumulator
 from vtemu.vmx.qualifications import IoDirection, IoQualification
 from vtemu.vmx.reasons import ExitReason
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 RFLAGS_DF = 1 << 10
 _SEGMENTS = {U.UC_X86_REG_ES: Seg.ES, U.UC_X86_REG_CS: Seg.CS, U.UC_X86_REG_SS: Seg.SS,
              U.UC_X86_REG_DS: Seg.DS, U.UC_X86_REG_FS: Seg.FS, U.UC_X86_REG_GS: Seg.GS}
-_RAX_PART = {1: U.UC_X86_REG_AL, 2: U.UC_X86_REG_AX, 4: U.UC_X86_REG_EAX}
 
 
 def handle_io(exit: "VmExit", cpu: "VmxCpu", partition: "Partition") -> Outcome:
@@ -43,7 +43,7 @@ def handle_io(exit: "VmExit", cpu: "VmxCpu", partition: "Partition") -> Outcome:
             return done(exit, cpu)
         return RESUME
     if io.direction is IoDirection.IN:
-        cpu.vcpu.write(_RAX_PART[io.size], partition.ports.read(io.port, io.size))
+        write_accumulator(cpu, io.size, partition.ports.read(io.port, io.size))
     else:
         value = cpu.vcpu.read(U.UC_X86_REG_RAX) & ((1 << (8 * io.size)) - 1)
         partition.ports.write(io.port, io.size, value)
