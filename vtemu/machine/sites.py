@@ -52,6 +52,7 @@ class SiteKind(Enum):
     CPUID = "cpuid"
     RDTSC = "rdtsc"
     RDTSCP = "rdtscp"
+    VMX = "vmcall/vmlaunch/..."
 
 
 _BY_INSN_ID: dict[int, SiteKind] = {
@@ -72,12 +73,17 @@ _BY_INSN_ID: dict[int, SiteKind] = {
     C.X86_INS_OUTSW: SiteKind.STRING_IO, C.X86_INS_OUTSD: SiteKind.STRING_IO,
     C.X86_INS_CPUID: SiteKind.CPUID, C.X86_INS_RDTSC: SiteKind.RDTSC,
     C.X86_INS_RDTSCP: SiteKind.RDTSCP,
+    **{getattr(C, f"X86_INS_{name}"): SiteKind.VMX for name in (
+        "VMCALL", "VMCLEAR", "VMLAUNCH", "VMPTRLD", "VMPTRST", "VMREAD", "VMRESUME", "VMWRITE",
+        "VMXOFF", "VMXON", "INVEPT", "INVVPID", "VMFUNC")},
 }
 
 # Opcode bytes (after prefixes) of every instruction above: 0F 00 / 0F 01 groups 6 and 7,
-# CLTS, INVD, WBINVD, MOV CR/DR, WRMSR, RDTSC, RDMSR, RDPMC, SYSCALL, SYSENTER, CPUID, PAUSE
-# (F3 90), and the one-byte port I/O opcodes IN/OUT (E4-E7, EC-EF) and INS/OUTS (6C-6F).
-_OPCODES = re.compile(rb"(?=(\x0f[\x00\x01\x05\x06\x08\x09\x20-\x23\x30-\x34\xa2]|\xf3\x90"
+# CLTS, INVD, WBINVD, MOV CR/DR, WRMSR, RDTSC, RDMSR, RDPMC, SYSCALL, SYSENTER, VMREAD/VMWRITE
+# (0F 78/79), CPUID, VMPTRLD/VMCLEAR/VMXON/VMPTRST (0F C7), INVEPT/INVVPID (66 0F 38 80/81),
+# PAUSE (F3 90), and the one-byte port I/O opcodes IN/OUT (E4-E7, EC-EF) and INS/OUTS (6C-6F).
+_OPCODES = re.compile(rb"(?=(\x0f[\x00\x01\x05\x06\x08\x09\x20-\x23\x30-\x34\x78\x79\xa2\xc7]|\xf3\x90"
+                      rb"|\x0f\x38[\x80\x81]"
                       rb"|[\xe4-\xe7\xec-\xef\x6c-\x6f]))")
 
 _PREFIX_BYTES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3" + bytes(range(0x40, 0x50)))

@@ -27,6 +27,7 @@ from vtemu.machine.translation import (GuestPageFault, NonCanonicalAddress, Seco
                                       TranslationFault)
 from vtemu.machine.vcpu import GuestException, Stop, StopKind, VCpu
 from vtemu.vmx import instructions
+from vtemu.vmx.instructions import VMX_INSTRUCTION_EXITS
 from vtemu.vmx.controls import ExitControls, PinBasedControls, PrimaryProcessorControls as P
 from vtemu.vmx.controls import SecondaryProcessorControls as S
 from vtemu.vmx.controls import VmxCapabilities
@@ -49,16 +50,6 @@ TSS_AVAILABLE, TSS_BUSY = 0x9, 0xB
 TSS_IOMAP_BASE = 0x66  # offset of the I/O map base address in a 32/64-bit TSS (SDM Fig. 7-2)
 EXIT_HISTORY = 16
 
-# #UD-reporting VMX instructions and the exit each causes in VMX non-root operation (25.1.2).
-VMX_INSTRUCTION_EXITS = {
-    C.X86_INS_VMCALL: ExitReason.VMCALL, C.X86_INS_VMCLEAR: ExitReason.VMCLEAR,
-    C.X86_INS_VMLAUNCH: ExitReason.VMLAUNCH, C.X86_INS_VMPTRLD: ExitReason.VMPTRLD,
-    C.X86_INS_VMPTRST: ExitReason.VMPTRST, C.X86_INS_VMREAD: ExitReason.VMREAD,
-    C.X86_INS_VMRESUME: ExitReason.VMRESUME, C.X86_INS_VMWRITE: ExitReason.VMWRITE,
-    C.X86_INS_VMXOFF: ExitReason.VMXOFF, C.X86_INS_VMXON: ExitReason.VMXON,
-    C.X86_INS_INVEPT: ExitReason.INVEPT, C.X86_INS_INVVPID: ExitReason.INVVPID,
-    C.X86_INS_VMFUNC: ExitReason.VMFUNC,
-}
 _ADDRESS_MASK = 0xFFFFFFFFFFFFFFFF
 _MODES = {0: CodeMode.BITS16, HF_CS32: CodeMode.BITS32, HF_CS32 | HF_CS64: CodeMode.BITS64,
           HF_CS64: CodeMode.BITS64}
@@ -106,7 +97,6 @@ class VmxCpu:
         self._entry_pending = True
         self._pending_event: tuple[Event, int] | None = None
         self._after_stop: Callable[[], None] | None = None
-        self._token: Instruction | None = None
         self.string_io_passthrough: Callable[[Instruction, int, int, IoDirection], None] = _no_string_io
         self._rewind: dict[int, int] | None = None
         self._inline = False
@@ -137,10 +127,12 @@ class VmxCpu:
         return (self.tsc.read() + self.intercepts.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def advance_rip(self, exit: VmExit) -> None:
-        """Complete the exiting instruction: the one helper that moves RIP past it."""
+        """Complete the exiting instruction: the one helper that moves RIP past it. Fault-like
+        exits leave RIP at the instruction; HLT is the one trap-like case, because Unicorn
+        executes HLT before vtemu sees it (completes_natively)."""
         self._advanced = True
         if exit.completes_natively:
-            return  # Unicorn finishes this instruction itself when the hook returns
+            return
         self.vcpu.rip = exit.guest_rip + exit.instruction_length
         self.vcpu.retire_emulated()
 
@@ -195,9 +187,6 @@ class VmxCpu:
         self._after_exit(exit, decision)
 
     def _after_exit(self, exit: VmExit, decision: ExitDecision) -> None:
-        if exit.completes_natively:
-            if self._finish_at_site(exit, decision):
-                return
         if decision is ExitDecision.RESUME:
             self._entry_pending = True
             if self._inline and self._trivial_entry():
@@ -209,20 +198,6 @@ class VmxCpu:
             self.stopped = True
         if self._inline:
             self.vcpu.request_stop()
-
-    def _finish_at_site(self, exit: VmExit, decision: ExitDecision) -> bool:
-        """A completes-natively exit at a site: True when the guest just continues and Unicorn
-        finishes the instruction. Otherwise the instruction is finished by emulation (the
-        hypervisor advanced RIP) or left to re-execute, and the vCPU must stop first."""
-        if not self.vcpu.in_code_hook or not self._advanced:
-            return False
-        if decision is ExitDecision.RESUME and self._trivial_entry():
-            assert exit.instruction is not None
-            self.finish_natively(exit.instruction)
-            return True
-        self.vcpu.rip = exit.guest_rip + exit.instruction_length
-        self.vcpu.retire_emulated()
-        return False
 
     def _trivial_entry(self) -> bool:
         """Nothing for VM entry to check, inject or report: the guest may simply continue.
@@ -269,46 +244,24 @@ class VmxCpu:
                                detail=f"gpa {gpa:#x}")
 
     # --- the vCPU's events (machine.vcpu.CpuEvents) ---------------------------------------
-    # IN, OUT, CPUID, RDTSC and RDTSCP are sites too: the processor decides at the site, before
-    # the instruction runs, so it can stop exactly there. When it lets Unicorn run the
-    # instruction, it leaves a token saying what Unicorn's own instruction hook must do.
-    def finish_natively(self, insn: Instruction) -> None:
-        """The processor has done the instruction's work (registers set, device accessed):
-        let Unicorn execute it, and its hook only complete it. If the vCPU is about to stop
-        at this site, Unicorn will not execute it, so it is completed here instead."""
-        self._token = insn
-
-    def _complete_pending_at_stop(self) -> None:
-        insn, self._token = self._token, None
-        if insn is not None:
-            self.complete(insn)
-
-    def _redeem(self, what: str) -> None:
-        insn, self._token = self._token, None
-        rip = self.vcpu.rip
-        if insn is None or insn.address != rip:
-            raise RuntimeError(f"{what} at {rip:#x} ran without passing its site (vtemu bug)")
+    # IN, OUT, CPUID, RDTSC and RDTSCP are sites like RDMSR: the processor decides there,
+    # before the instruction runs, and completes it itself, so a stop is exact. Unicorn's
+    # own hooks for them only fire if an instruction escaped the site scan: a vtemu bug.
+    def _unsited(self, what: str) -> None:
+        raise RuntimeError(f"{what} at {self.vcpu.rip:#x} ran without passing its site (vtemu bug)")
 
     def port_in(self, port: int, size: int) -> int:
-        self._redeem("IN")
-        return self.vcpu.read(U.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
+        self._unsited("IN")
+        return 0
 
     def port_out(self, port: int, size: int, value: int) -> None:
-        self._redeem("OUT")
+        self._unsited("OUT")
 
     def cpuid(self) -> None:
-        self._redeem("CPUID")
+        self._unsited("CPUID")
 
     def rdtsc(self, with_aux: bool) -> None:
-        self._redeem("RDTSCP" if with_aux else "RDTSC")
-
-    def exit_completing_natively(self, reason: ExitReason, insn: Instruction, qualification: int = 0,
-                                 detail: str | None = None) -> None:
-        """An exit at a site whose instruction Unicorn can finish after the hypervisor did its part."""
-        exit = self._make_exit(reason, insn.address, qualification=qualification,
-                               instruction_length=insn.size, detail=detail, instruction=insn,
-                               completes_natively=True)
-        self._take(exit)
+        self._unsited("RDTSCP" if with_aux else "RDTSC")
 
     def io_denied(self, port: int, size: int) -> bool:
         """I/O permission (SDM Vol. 1 18.5): in protected mode with CPL > IOPL (or in virtual-8086
@@ -349,8 +302,7 @@ class VmxCpu:
             instructions.handle(self, kind, insn)
         except GuestException as fault:
             self.raise_exception(fault.vector, fault.error_code, rip=insn.address)
-        if self._token is not None and self.vcpu.stop_requested:
-            self._complete_pending_at_stop()
+
 
     # --- the run loop's interface ---------------------------------------------------------
     def run_slice(self, budget: int | None) -> bool:
@@ -359,7 +311,6 @@ class VmxCpu:
         if not self._prepare():
             return False
         budget = self._slice_budget(budget)
-        self._token = None
         self._inline = True
         try:
             stop = self.vcpu.run(budget)

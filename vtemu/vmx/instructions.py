@@ -53,6 +53,16 @@ _DESCRIPTOR_OPS = {C.X86_INS_SGDT: DescriptorTableInstruction.SGDT,
                    C.X86_INS_LGDT: DescriptorTableInstruction.LGDT,
                    C.X86_INS_LIDT: DescriptorTableInstruction.LIDT}
 UD = 6
+# The exit each VMX instruction causes in VMX non-root operation (SDM 25.1.2, Appendix C).
+VMX_INSTRUCTION_EXITS = {
+    C.X86_INS_VMCALL: ExitReason.VMCALL, C.X86_INS_VMCLEAR: ExitReason.VMCLEAR,
+    C.X86_INS_VMLAUNCH: ExitReason.VMLAUNCH, C.X86_INS_VMPTRLD: ExitReason.VMPTRLD,
+    C.X86_INS_VMPTRST: ExitReason.VMPTRST, C.X86_INS_VMREAD: ExitReason.VMREAD,
+    C.X86_INS_VMRESUME: ExitReason.VMRESUME, C.X86_INS_VMWRITE: ExitReason.VMWRITE,
+    C.X86_INS_VMXOFF: ExitReason.VMXOFF, C.X86_INS_VMXON: ExitReason.VMXON,
+    C.X86_INS_INVEPT: ExitReason.INVEPT, C.X86_INS_INVVPID: ExitReason.INVVPID,
+    C.X86_INS_VMFUNC: ExitReason.VMFUNC,
+}
 _LDTR_TR_OPS = {C.X86_INS_SLDT: LdtrTrInstruction.SLDT, C.X86_INS_STR: LdtrTrInstruction.STR,
                 C.X86_INS_LLDT: LdtrTrInstruction.LLDT, C.X86_INS_LTR: LdtrTrInstruction.LTR}
 
@@ -231,7 +241,7 @@ def pause(cpu: "VmxCpu", insn: Instruction) -> None:
 def cpuid(cpu: "VmxCpu", insn: Instruction) -> None:
     """CPUID exits unconditionally (SDM 25.1.2)."""
     leaf = cpu.vcpu.read(U.UC_X86_REG_EAX)
-    cpu.exit_completing_natively(ExitReason.CPUID, insn, detail=f"leaf {leaf:#x}")
+    cpu.exit_instruction(ExitReason.CPUID, insn, detail=f"leaf {leaf:#x}")
 
 
 def rdtsc(cpu: "VmxCpu", insn: Instruction) -> None:
@@ -241,14 +251,19 @@ def rdtsc(cpu: "VmxCpu", insn: Instruction) -> None:
         raise GuestException(UD)
     if PrimaryProcessorControls.RDTSC_EXITING in cpu.intercepts.primary:
         reason = ExitReason.RDTSCP if with_aux else ExitReason.RDTSC
-        cpu.exit_completing_natively(reason, insn, detail=insn.mnemonic)
+        cpu.exit_instruction(reason, insn, detail=insn.mnemonic)
         return
     value = cpu.guest_tsc()
     cpu.vcpu.write(U.UC_X86_REG_RAX, value & 0xFFFFFFFF)
     cpu.vcpu.write(U.UC_X86_REG_RDX, value >> 32)
     if with_aux:
         cpu.vcpu.write(U.UC_X86_REG_RCX, cpu.msrs.read(IA32_TSC_AUX) & 0xFFFFFFFF)
-    cpu.finish_natively(insn)
+    cpu.complete(insn)
+
+
+def vmx_instruction(cpu: "VmxCpu", insn: Instruction) -> None:
+    """VMCALL and the VMX instructions exit unconditionally in VMX non-root operation (25.1.2)."""
+    cpu.exit_instruction(VMX_INSTRUCTION_EXITS[insn.id], insn, detail=insn.mnemonic)
 
 
 def fast_system_call(cpu: "VmxCpu", insn: Instruction) -> None:
@@ -284,4 +299,5 @@ HANDLERS: dict[SiteKind, Callable[["VmxCpu", Instruction], None]] = {
     SiteKind.CPUID: cpuid,
     SiteKind.RDTSC: rdtsc,
     SiteKind.RDTSCP: rdtsc,
+    SiteKind.VMX: vmx_instruction,
 }

@@ -137,7 +137,8 @@ class Intercepts:
         """
         kinds = {SiteKind.RDMSR, SiteKind.WRMSR, SiteKind.MOV_CR, SiteKind.SYSCALL,
                  SiteKind.SYSENTER, SiteKind.INVD, SiteKind.XSETBV, SiteKind.IO,
-                 SiteKind.STRING_IO, SiteKind.CPUID, SiteKind.RDTSC, SiteKind.RDTSCP}
+                 SiteKind.STRING_IO, SiteKind.CPUID, SiteKind.RDTSC, SiteKind.RDTSCP,
+                 SiteKind.VMX}
         optional = {
             SiteKind.INVLPG: P.INVLPG_EXITING in self.primary,
             SiteKind.MOV_DR: P.MOV_DR_EXITING in self.primary,

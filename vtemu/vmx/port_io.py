@@ -3,8 +3,8 @@
 Order of checks as the SDM gives it: the I/O permission check (CPL > IOPL consults the TSS
 I/O bitmap, Vol. 1 18.5) has priority over the VM exit (25.1.1); then unconditional I/O
 exiting or the I/O bitmaps decide whether the access exits (25.1.3). An exiting IN/OUT is
-emulated by the hypervisor and finished by Unicorn; a string instruction exits once and the
-hypervisor performs all its iterations. A port the bitmap lets through reaches the device
+emulated by the hypervisor; a string instruction exits once and the hypervisor performs all
+its iterations. A port the bitmap lets through reaches the device
 bus directly, as an assigned device would.
 """
 
@@ -44,11 +44,11 @@ def io_instruction(cpu: "VmxCpu", insn: Instruction) -> None:
         raise GuestException(GP, 0)
     if not cpu.intercepts.io_exits(port, size):
         _access(cpu, port, size, direction)  # an assigned port: straight to the device
-        cpu.finish_natively(insn)
+        cpu.complete(insn)
         return
     qualification = io_qualification(size, direction, port, immediate=bool(insn.immediates))
     verb = "in" if direction is IoDirection.IN else "out"
-    cpu.exit_completing_natively(ExitReason.IO_INSTRUCTION, insn, qualification, f"{verb} {port:#x}")
+    cpu.exit_instruction(ExitReason.IO_INSTRUCTION, insn, qualification, detail=f"{verb} {port:#x}")
 
 
 def _access(cpu: "VmxCpu", port: int, size: int, direction: IoDirection) -> None:
