@@ -14,15 +14,36 @@ from collections.abc import Callable, Mapping
 
 from vtemu.asm.lexer import SYMBOL_RE
 
+
+
+def _c_divide(a: int, b: int) -> int:
+    """Division as assemblers do it (toward zero, like C): -7 / 2 is -3, not Python's -4."""
+    quotient = abs(a) // abs(b)
+    return quotient if (a < 0) == (b < 0) else -quotient
+
+
+def _c_remainder(a: int, b: int) -> int:
+    return a - b * _c_divide(a, b)
+
+
 _BINARY: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.floordiv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Div: _c_divide, ast.FloorDiv: _c_divide, ast.Mod: _c_remainder,
     ast.LShift: operator.lshift, ast.RShift: operator.rshift,
     ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
 }
 _UNARY: dict[type[ast.unaryop], Callable[[int], int]] = {
     ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert,
 }
+
+# A one-character literal such as 'A' (escapes are left alone: not evaluated).
+_CHARACTER = re.compile(r"'([^'\\])'")
+# A symbol not glued to a number (`x10` in `0x10` and `h` in `10h` are not symbols).
+_SYMBOL_USE = re.compile(rf"(?<![\w$.]){SYMBOL_RE}")
+# GAS and LLVM rank these differently from C (and from each other): an expression mixing one
+# of them with another binary operator has no value every assembler agrees on.
+_PRECEDENCE_SENSITIVE = frozenset({ast.LShift, ast.RShift, ast.BitAnd, ast.BitOr, ast.BitXor,
+                                   ast.Mod})
 
 
 class ConstExprError(ValueError):
@@ -34,21 +55,18 @@ def evaluate(expr: str, names: Mapping[str, str]) -> int:
     return _evaluate(expr, names, frozenset())
 
 
-# A symbol not glued to a number (`x10` in `0x10` and `h` in `10h` are not symbols).
-_SYMBOL_USE = re.compile(rf"(?<![\w$.]){SYMBOL_RE}")
-# GAS and LLVM rank these differently from C (and from each other): an expression mixing one
-# of them with another binary operator has no value every assembler agrees on.
-_PRECEDENCE_SENSITIVE = frozenset({ast.LShift, ast.RShift, ast.BitAnd, ast.BitOr, ast.BitXor,
-                                   ast.Mod})
+def symbol_names(expr: str) -> list[str]:
+    """The symbols an operand expression uses, in order (numbers such as 0x10 are not)."""
+    return _SYMBOL_USE.findall(expr)
 
 
 def evaluate_with_values(expr: str, values: Mapping[str, int]) -> int:
     """Value of an operand expression whose symbols have the given (already known) values.
 
     Symbols may contain `.` and `$` (not Python names), so each is replaced by a placeholder
-    first. ConstExprError for anything else: an unknown name (a register, `.`, a keyword),
-    a character literal, a number format Python does not share, or an operator mix whose
-    precedence differs between assemblers.
+    first, and a character literal ('A') by its code. ConstExprError for anything else: an
+    unknown name (a register, `.`, a keyword), an escaped character, a number format Python
+    does not share, or an operator mix whose precedence differs between assemblers.
     """
     names: dict[str, str] = {}
 
@@ -59,7 +77,10 @@ def evaluate_with_values(expr: str, values: Mapping[str, int]) -> int:
         names[key] = str(values[match.group(0)])
         return key
 
-    substituted = _SYMBOL_USE.sub(placeholder, expr).strip()
+    characters = _CHARACTER.sub(lambda match: str(ord(match.group(1))), expr)
+    if "'" in characters or '"' in characters:
+        raise ConstExprError(f"`{expr}` has an escaped or multi-character literal")
+    substituted = _SYMBOL_USE.sub(placeholder, characters).strip()
     try:
         tree = ast.parse(substituted, mode="eval")
     except SyntaxError:

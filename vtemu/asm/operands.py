@@ -71,12 +71,6 @@ class MemoryOperand:
         names = [t.lower() for t in self.terms] + [s.factor for s in self.scaled if s.is_register]
         return frozenset(_ADDRESS_SIZES[n] for n in names if n in _ADDRESS_SIZES)
 
-    @property
-    def has_symbol(self) -> bool:
-        """Whether the displacement names a label or constant (not only numbers)."""
-        return _SYMBOL.search(re.sub(r"0x[0-9a-f]+|0b[01]+", "", self.displacement,
-                                     flags=re.IGNORECASE)) is not None
-
 
 @dataclass(frozen=True)
 class FarPointer:

@@ -27,7 +27,7 @@ from vtemu.asm.operands import SourceInstruction
 from vtemu.asm.source import CodeMode
 
 _OPERAND_SIZE_PREFIX = 0x66
-_LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
+LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
 _REX_W = 0x08
 
 
@@ -241,7 +241,7 @@ def _toggle_operand_size_prefix(data: bytes) -> bytes:
     lgdt/lidt, iret, pushf/popf, ...) without REX.W, which the caller checks.
     """
     legacy = 0
-    while legacy < len(data) and data[legacy] in _LEGACY_PREFIXES:
+    while legacy < len(data) and data[legacy] in LEGACY_PREFIXES:
         legacy += 1
     if _OPERAND_SIZE_PREFIX in data[:legacy]:
         return bytes(b for b in data[:legacy] if b != _OPERAND_SIZE_PREFIX) + data[legacy:]

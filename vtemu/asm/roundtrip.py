@@ -8,44 +8,38 @@ This check runs on every image vtemu builds and turns each misencoding into a on
 1. desync: the statement's bytes must decode as exactly one instruction of exactly that size;
 2. mnemonic: Capstone's mnemonic must be the source's (or a verified alias, mnemonics.py);
 3. operand size: implicit-size instructions must get the size asked for (opsize.py);
-4. far pointer: `ljmp/lcall SEL:OFF` with literal values must decode to those values (Keystone
-   truncates a 32-bit offset in 16-bit code);
+4. far pointer: `ljmp/lcall SEL:OFF` with constant values (numbers, `.equ`) must decode to
+   those values (Keystone truncates a 32-bit offset in 16-bit code);
 5. memory scale: each `x*N` in brackets must decode as index x with scale N (Keystone drops
-   the scale of `[ebx+label*4]` and of `.equ` constants).
+   the scale of `[ebx+label*4]` and of `.equ` constants);
+6. displacement: `[lab + C]` must decode with displacement lab + C, evaluated with the
+   image's symbol table (Keystone keeps only the last symbol in brackets; operand_values.py);
+7. address size: no 0x67 prefix the source did not ask for (16-bit code gets one for
+   `lgdt [label - BASE]`);
+8. values: immediates (which must fit their operand: Keystone truncates `mov ax, 0x12345`)
+   and direct branch targets must be the values the source names.
 Data statements (.byte, .long, .ascii, .fill, .balign, .org, ...) are not decoded.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import cache
+from types import MappingProxyType
 
 from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, CS_MODE_64, Cs, CsInsn
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM
 
 from vtemu.asm.assembler import AssembledImage, PlacedStatement
-from vtemu.asm.lexer import integer_literal
+from vtemu.asm.decoded import Decoded
+from vtemu.asm.lexer import symbol_definition
 from vtemu.asm.mnemonics import mnemonics_match
-from vtemu.asm.operands import SourceInstruction, parse_instruction
+from vtemu.asm.operand_values import check_address_size, check_displacement, check_values
+from vtemu.asm.operands import parse_instruction
 from vtemu.asm.opsize import Misencoding, check_size
 from vtemu.asm.source import CodeMode, StatementKind
 from vtemu.errors import AssemblyError
 
 _CS_MODES = {CodeMode.BITS16: CS_MODE_16, CodeMode.BITS32: CS_MODE_32, CodeMode.BITS64: CS_MODE_64}
 _AS_BYTES = "its exact bytes with .byte"
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    """One instruction statement: the source as written and the instruction as decoded."""
-
-    placed: PlacedStatement
-    source: SourceInstruction
-    insn: CsInsn
-    data: bytes
-
-    @property
-    def mode(self) -> CodeMode:
-        return self.placed.mode
 
 
 @cache
@@ -57,16 +51,29 @@ def _capstone(mode: CodeMode) -> Cs:
 
 def check_roundtrip(image: AssembledImage) -> None:
     """Raise AssemblyError at the first instruction whose bytes are not what its source says."""
+    values = _fixed_values(image)
     for placed in image.statements:
         if placed.kind is StatementKind.INSTRUCTION:
-            _check_statement(image, placed)
+            _check_statement(image, placed, values)
 
 
-def _check_statement(image: AssembledImage, placed: PlacedStatement) -> None:
+def _fixed_values(image: AssembledImage) -> Mapping[str, int]:
+    """The symbol table without symbols `.set` more than once (it holds only the last value)."""
+    defined: dict[str, int] = {}
+    for placed in image.statements:
+        definition = symbol_definition(placed.text)
+        if placed.kind is StatementKind.DIRECTIVE and definition is not None:
+            defined[definition[1]] = defined.get(definition[1], 0) + 1
+    return MappingProxyType({name: value for name, value in image.symbols.items()
+                             if defined.get(name, 1) == 1})
+
+
+def _check_statement(image: AssembledImage, placed: PlacedStatement,
+                     values: Mapping[str, int]) -> None:
     data = image.bytes_of(placed)
     insn, problem = _decode_exactly_one(data, placed)
     if insn is not None:
-        decoded = _Decoded(placed, parse_instruction(placed.text), insn, data)
+        decoded = Decoded(placed, parse_instruction(placed.text), insn, data, values)
         problem = next((p for p in (check(decoded) for check in _CHECKS) if p is not None), None)
     if problem is not None:
         raise _misencoded(placed, data, problem)
@@ -96,7 +103,7 @@ def _decode_exactly_one(data: bytes, placed: PlacedStatement) -> tuple[CsInsn | 
                              f"({shown}){tail}, not one", valid)
 
 
-def _check_mnemonic(d: _Decoded) -> Misencoding | None:
+def _check_mnemonic(d: Decoded) -> Misencoding | None:
     decoded = d.insn.mnemonic.split()[-1]
     if mnemonics_match(d.source.mnemonic, decoded, d.mode):
         return None
@@ -105,15 +112,15 @@ def _check_mnemonic(d: _Decoded) -> Misencoding | None:
                        f"an instruction that exists in {int(d.mode)}-bit code, or {_AS_BYTES}")
 
 
-def _check_operand_size(d: _Decoded) -> Misencoding | None:
+def _check_operand_size(d: Decoded) -> Misencoding | None:
     return check_size(d.source, d.insn, d.data, d.mode)
 
 
-def _check_far_pointer(d: _Decoded) -> Misencoding | None:
+def _check_far_pointer(d: Decoded) -> Misencoding | None:
     far = d.source.far_pointer
     if far is None or d.source.mnemonic not in ("ljmp", "lcall"):
         return None
-    wanted = (integer_literal(far.selector), integer_literal(far.offset))
+    wanted = (d.value_of(far.selector), d.value_of(far.offset))
     immediates = tuple(op.imm for op in d.insn.operands if op.type == X86_OP_IMM)
     if None in wanted or len(immediates) != 2 or immediates == wanted:
         return None
@@ -125,7 +132,7 @@ def _check_far_pointer(d: _Decoded) -> Misencoding | None:
     return Misencoding(why, f"a far {d.source.mnemonic[1:]} with a 32-bit offset, {_AS_BYTES}")
 
 
-def _check_scale(d: _Decoded) -> Misencoding | None:
+def _check_scale(d: Decoded) -> Misencoding | None:
     scaled = [(memory, term) for memory in d.source.memory for term in memory.scaled]
     if not scaled:
         return None
@@ -154,9 +161,12 @@ def _scale_workaround(registers: tuple[str, ...], factor: str, scale: int, is_re
     return f"a register index with the scale, e.g. [{factor} + reg*{scale}]"
 
 
-_CHECKS: tuple[Callable[[_Decoded], Misencoding | None], ...] = (
+_CHECKS: tuple[Callable[[Decoded], Misencoding | None], ...] = (
     _check_mnemonic,
     _check_operand_size,
     _check_far_pointer,
     _check_scale,
+    check_displacement,
+    check_address_size,
+    check_values,
 )
