@@ -79,6 +79,9 @@ class Engine:
 
     # --- registers -----------------------------------------------------------------------
     def read(self, reg: int) -> int:
+        # Unicorn stores only the register's width: clear the buffer so a 32-, 16- or 8-bit read
+        # does not return bits left over from an earlier wider one.
+        self._value.value = 0
         _lib.uc_reg_read(self.handle, reg, self._value_ref)
         return self._value.value
 

@@ -333,13 +333,21 @@ class VmxCpu:
         return exiting or self.interruptible()
 
     def _slice_budget(self, budget: int | None) -> int | None:
-        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary:
+        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary or self._intr_waits_for_window():
             return 1  # step until the window opens
         deadline = self._preemption_deadline
         if deadline is not None:
             remaining = max(1, deadline - self.vcpu.clock.now_ns())
             budget = remaining if budget is None else min(budget, remaining)
         return budget
+
+    def _intr_waits_for_window(self) -> bool:
+        """INTR is asserted for direct delivery (no external-interrupt exiting) but IF or an
+        interrupt shadow blocks it: the guest must be stepped so STI, POPF or IRET lets it in
+        at the instruction boundary where the processor would take it (SDM 6.8.3)."""
+        return (self.interrupts is not None
+                and PinBasedControls.EXTERNAL_INTERRUPT_EXITING not in self.intercepts.pin
+                and self.interrupts.intr_asserted() and not self.interruptible())
 
     def _prepare(self) -> bool:
         """Everything owed before the next guest instruction, in the processor's order."""

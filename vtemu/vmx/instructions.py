@@ -18,7 +18,7 @@ from vtemu.machine.cpustate import Seg
 from vtemu.machine.decode import CodeMode, Instruction, effective_address
 from vtemu.machine.fastcall import syscall, sysenter
 from vtemu.machine.sites import SiteKind
-from vtemu.machine.msrs import IA32_TSC_AUX
+from vtemu.machine.msrs import IA32_TIME_STAMP_COUNTER, IA32_TSC_AUX
 from vtemu.machine.vcpu import GuestException
 from vtemu.vmx.controls import PrimaryProcessorControls, SecondaryProcessorControls
 from vtemu.vmx.port_io import io_instruction, string_io_instruction
@@ -52,7 +52,7 @@ _DESCRIPTOR_OPS = {C.X86_INS_SGDT: DescriptorTableInstruction.SGDT,
                    C.X86_INS_SIDT: DescriptorTableInstruction.SIDT,
                    C.X86_INS_LGDT: DescriptorTableInstruction.LGDT,
                    C.X86_INS_LIDT: DescriptorTableInstruction.LIDT}
-UD = 6
+UD, GP = 6, 13
 # The exit each VMX instruction causes in VMX non-root operation (SDM 25.1.2, Appendix C).
 VMX_INSTRUCTION_EXITS = {
     C.X86_INS_VMCALL: ExitReason.VMCALL, C.X86_INS_VMCLEAR: ExitReason.VMCLEAR,
@@ -68,7 +68,35 @@ _LDTR_TR_OPS = {C.X86_INS_SLDT: LdtrTrInstruction.SLDT, C.X86_INS_STR: LdtrTrIns
 
 
 def handle(cpu: "VmxCpu", kind: SiteKind, insn: Instruction) -> None:
+    if _privilege_fault(cpu, kind, insn):
+        # Faults based on privilege level come before VM exits (SDM 26.1.1).
+        raise GuestException(GP, 0)
     HANDLERS[kind](cpu, insn)
+
+
+# Kinds whose every instruction needs CPL 0 (SDM Vol. 2, each instruction's protected-mode #GP(0)).
+_RING0_KINDS = frozenset({SiteKind.RDMSR, SiteKind.WRMSR, SiteKind.MOV_CR, SiteKind.CLTS,
+                          SiteKind.LMSW, SiteKind.MOV_DR, SiteKind.INVLPG, SiteKind.INVD,
+                          SiteKind.WBINVD, SiteKind.XSETBV})
+# Of the descriptor-table kinds only the loads are privileged (the stores are not, without UMIP).
+_RING0_LOADS = frozenset({C.X86_INS_LGDT, C.X86_INS_LIDT, C.X86_INS_LLDT, C.X86_INS_LTR})
+CR4_TSD, CR4_PCE = 1 << 2, 1 << 8
+
+
+def _privilege_fault(cpu: "VmxCpu", kind: SiteKind, insn: Instruction) -> bool:
+    if kind not in _PRIVILEGE_CHECKED or cpu.vcpu.context.load().cpl == 0:
+        return False
+    if kind in _RING0_KINDS:
+        return True
+    if kind in (SiteKind.DESCRIPTOR_TABLE, SiteKind.LDTR_TR):
+        return insn.id in _RING0_LOADS
+    if kind is SiteKind.RDPMC:
+        return not cpu.vcpu.read(U.UC_X86_REG_CR4) & CR4_PCE
+    return bool(cpu.vcpu.read(U.UC_X86_REG_CR4) & CR4_TSD)     # RDTSC, RDTSCP
+
+
+_PRIVILEGE_CHECKED = _RING0_KINDS | {SiteKind.DESCRIPTOR_TABLE, SiteKind.LDTR_TR, SiteKind.RDPMC,
+                                     SiteKind.RDTSC, SiteKind.RDTSCP}
 
 
 # --- MSRs (25.1.3; native behaviour from the MSR model) ------------------------------------
@@ -78,7 +106,8 @@ def rdmsr(cpu: "VmxCpu", insn: Instruction) -> None:
     if cpu.intercepts.msr_exits(msr, write=False):
         cpu.exit_instruction(ExitReason.RDMSR, insn, detail=f"msr {msr:#x}")
         return
-    value = cpu.msrs.read(msr)
+    # SDM 26.3: with TSC offsetting a RDMSR of the TSC, like RDTSC, sees TSC + offset.
+    value = cpu.guest_tsc() if msr == IA32_TIME_STAMP_COUNTER else cpu.msrs.read(msr)
     cpu.vcpu.write(U.UC_X86_REG_RAX, value & 0xFFFFFFFF)
     cpu.vcpu.write(U.UC_X86_REG_RDX, value >> 32)
     cpu.complete(insn)

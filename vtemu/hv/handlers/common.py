@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import unicorn.x86_const as U
 
 from vtemu.hv.outcome import RESUME, Outcome
+from vtemu.machine.decode import CodeMode
 from vtemu.vmx.interruption import InterruptionInfo, exception_delivers_error_code
 from vtemu.vmx.qualifications import Gpr
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from vtemu.vmx.cpu import VmxCpu
     from vtemu.vmx.exit import VmExit
 
-GP, UD, PF = 13, 6, 14
+UD, GP, PF = 6, 13, 14
 _GPR_REGISTERS = [getattr(U, f"UC_X86_REG_{name}") for name in
                   ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
                    "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
@@ -38,7 +39,9 @@ def inject_exception(cpu: "VmxCpu", vector: int, error_code: int | None = None) 
 
 
 def read_gpr(cpu: "VmxCpu", gpr: Gpr) -> int:
-    return cpu.vcpu.read(_GPR_REGISTERS[gpr])
+    """A MOV CR/DR source operand: 64 bits in 64-bit mode, 32 bits elsewhere (SDM Vol. 2 MOV CR)."""
+    value = cpu.vcpu.read(_GPR_REGISTERS[gpr])
+    return value if cpu.vcpu.code_mode() is CodeMode.BITS64 else value & 0xFFFFFFFF
 
 
 def write_gpr(cpu: "VmxCpu", gpr: Gpr, value: int) -> None:

@@ -14,6 +14,8 @@ import unicorn.x86_const as U
 
 from vtemu.hv.handlers.common import GP, done, inject_exception, read_gpr, write_gpr
 from vtemu.hv.outcome import Outcome
+from vtemu.machine.decode import CodeMode
+from vtemu.machine.msrs import IA32_EFER
 from vtemu.vmx.fields import VmcsField as F
 from vtemu.vmx.qualifications import CrAccessQualification, CrAccessType
 from vtemu.vmx.reasons import ExitReason
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 CR0_PE, CR0_TS, CR0_NW, CR0_CD, CR0_PG = 1 << 0, 1 << 3, 1 << 29, 1 << 30, 1 << 31
 CR4_PAE, CR4_VMXE = 1 << 5, 1 << 13
+EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 CR4_SUPPORTED = (1 << 11) - 1   # VME..OSXMMEXCPT, as CPUID reports (controls.py CR4_FIXED1)
 _REGS = {0: U.UC_X86_REG_CR0, 3: U.UC_X86_REG_CR3, 4: U.UC_X86_REG_CR4}
 _MASKS = {0: (F.CR0_GUEST_HOST_MASK, F.CR0_READ_SHADOW), 4: (F.CR4_GUEST_HOST_MASK, F.CR4_READ_SHADOW)}
@@ -60,7 +63,7 @@ def _mov_to_cr(exit: "VmExit", cpu: "VmxCpu", cr: int, value: int) -> Outcome:
     if cr == 3:
         cpu.vcpu.write(U.UC_X86_REG_CR3, value)
         return done(exit, cpu)
-    if not _valid(cpu, cr, value):
+    if not _valid(cpu, cr, value) or not _long_mode_consistent(cpu, cr, value):
         return inject_exception(cpu, GP, 0)
     mask_field, shadow_field = _MASKS[cr]
     cpu.vcpu.write(_REGS[cr], value)
@@ -77,6 +80,17 @@ def _valid(cpu: "VmxCpu", cr: int, value: int) -> bool:
     if value & CR0_PG and not value & CR0_PE:
         return False
     return not (value & CR0_NW and not value & CR0_CD)
+
+
+def _long_mode_consistent(cpu: "VmxCpu", cr: int, value: int) -> bool:
+    """SDM Vol. 2 MOV CR #GP(0) and Vol. 3A 10.8.5: IA-32e mode needs PAE before paging, keeps
+    PAE while active, and 64-bit code cannot turn paging off."""
+    efer = cpu.vcpu.read_msr(IA32_EFER)
+    if cr == 4:
+        return bool(value & CR4_PAE or not efer & EFER_LMA)
+    if value & CR0_PG:
+        return bool(not efer & EFER_LME or cpu.vcpu.read(U.UC_X86_REG_CR4) & CR4_PAE)
+    return cpu.vcpu.code_mode() is not CodeMode.BITS64
 
 
 HANDLERS = {ExitReason.CR_ACCESS: handle_cr_access}

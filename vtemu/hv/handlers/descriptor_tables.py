@@ -40,8 +40,9 @@ def handle_gdtr_idtr(exit: "VmExit", cpu: "VmxCpu", partition: "Partition") -> O
         data = cpu.vcpu.read_linear(linear, 2 + base_size)
         limit = int.from_bytes(data[:2], "little")
         base = int.from_bytes(data[2:], "little")
-        if insn.mode is CodeMode.BITS16 and 0x66 not in insn.prefixes:
-            base &= 0xFFFFFF  # 16-bit operand size loads a 24-bit base
+        operand16 = (insn.mode is CodeMode.BITS16) != (0x66 in insn.prefixes)
+        if insn.mode is not CodeMode.BITS64 and operand16:
+            base &= 0xFFFFFF  # 16-bit operand size loads a 24-bit base (SDM Vol. 2 LGDT)
         cpu.vcpu.engine.uc.reg_write(register, (0, base, limit, 0))
     else:
         _, base, limit, _ = cpu.vcpu.engine.uc.reg_read(register)

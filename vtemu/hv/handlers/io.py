@@ -52,17 +52,25 @@ def handle_io(exit: "VmExit", cpu: "VmxCpu", partition: "Partition") -> Outcome:
 
 @dataclass
 class _StringState:
-    pointer: int      # the register holding rSI or rDI
+    pointer: int      # the register holding rSI or rDI, written whole (see _register_pair)
     count_reg: int
     base: int         # segment base
     mask: int         # address-size mask
     step: int         # +size or -size (DF)
 
 
+# SDM Vol. 1 3.4.1.1: a 32-bit result zero-extends into the 64-bit register, a 16-bit one
+# leaves bits 63:16 alone; so 16-bit address size updates SI/CX, wider ones RSI/RCX (masked).
+_REGISTERS = {(IoDirection.IN, 2): (U.UC_X86_REG_DI, U.UC_X86_REG_CX),
+              (IoDirection.OUT, 2): (U.UC_X86_REG_SI, U.UC_X86_REG_CX)}
+for _width in (4, 8):
+    _REGISTERS[IoDirection.IN, _width] = (U.UC_X86_REG_RDI, U.UC_X86_REG_RCX)
+    _REGISTERS[IoDirection.OUT, _width] = (U.UC_X86_REG_RSI, U.UC_X86_REG_RCX)
+
+
 def _string_state(cpu: "VmxCpu", insn: Instruction, size: int, direction: IoDirection) -> _StringState:
     width = insn.addr_size
-    pointer = {2: "DI", 4: "EDI", 8: "RDI"} if direction is IoDirection.IN else {2: "SI", 4: "ESI", 8: "RSI"}
-    count = {2: "CX", 4: "ECX", 8: "RCX"}[width]
+    pointer, count = _REGISTERS[direction, width]
     if direction is IoDirection.IN:
         segment = Seg.ES  # INS always writes ES:rDI (no override)
     else:
@@ -70,8 +78,7 @@ def _string_state(cpu: "VmxCpu", insn: Instruction, size: int, direction: IoDire
     flat = insn.mode is CodeMode.BITS64 and segment not in (Seg.FS, Seg.GS)
     base = 0 if flat else cpu.vcpu.segment(segment).base
     step = -size if cpu.vcpu.read(U.UC_X86_REG_RFLAGS) & RFLAGS_DF else size
-    return _StringState(getattr(U, f"UC_X86_REG_{pointer[width]}"), getattr(U, f"UC_X86_REG_{count}"),
-                        base, (1 << (8 * width)) - 1, step)
+    return _StringState(pointer, count, base, (1 << (8 * width)) - 1, step)
 
 
 def emulate_string_io(cpu: "VmxCpu", ports: "PortSpace", insn: Instruction, port: int, size: int,
@@ -79,16 +86,19 @@ def emulate_string_io(cpu: "VmxCpu", ports: "PortSpace", insn: Instruction, port
     """Perform the iterations; True when the instruction completed, False after injecting #PF."""
     state = _string_state(cpu, insn, size, direction)
     vcpu = cpu.vcpu
-    remaining = vcpu.read(state.count_reg) if rep else 1
+    remaining = vcpu.read(state.count_reg) & state.mask if rep else 1
     user = vcpu.context.load().cpl == 3
     while remaining:
         offset = vcpu.read(state.pointer) & state.mask
-        batch = _elements_in_page(state.base + offset, size, state.step, remaining)
-        linear = state.base + offset if state.step > 0 else state.base + offset - (batch - 1) * size
+        first = state.base + offset          # the element the next iteration touches
+        batch = _elements_in_run(first, offset, state, size, remaining)
+        lowest = first if state.step > 0 else first - (batch - 1) * size
         try:
-            _transfer(cpu, ports, direction, port, size, linear, batch, state.step < 0, user)
+            _transfer(cpu, ports, direction, port, size, lowest, batch, state.step < 0, user)
         except GuestPageFault as fault:
-            vcpu.write(U.UC_X86_REG_CR2, fault.linear)
+            # CR2 names the faulting iteration's element, whichever end of the run it is.
+            same_page = fault.linear >> 12 == first >> 12
+            vcpu.write(U.UC_X86_REG_CR2, first if same_page else fault.linear)
             inject_exception(cpu, PF, fault.error_code)
             return False
         vcpu.write(state.pointer, (offset + batch * state.step) & state.mask)
@@ -98,12 +108,14 @@ def emulate_string_io(cpu: "VmxCpu", ports: "PortSpace", insn: Instruction, port
     return True
 
 
-def _elements_in_page(linear: int, size: int, step: int, remaining: int) -> int:
-    """How many elements, starting at `linear`, stay within its page (at least one)."""
-    if step > 0:
-        room = 0x1000 - (linear & 0xFFF)
+def _elements_in_run(linear: int, offset: int, state: _StringState, size: int, remaining: int) -> int:
+    """How many elements from `linear` stay within its page and do not wrap the offset (at least one)."""
+    if state.step > 0:
+        room = min(0x1000 - (linear & 0xFFF), state.mask + 1 - offset)
+    elif (linear & 0xFFF) + size > 0x1000:
+        return 1          # the first element straddles into the next page: it goes alone
     else:
-        room = (linear & 0xFFF) + size
+        room = min(linear & 0xFFF, offset) + size
     return max(1, min(remaining, room // size))
 
 
@@ -113,7 +125,10 @@ def _transfer(cpu: "VmxCpu", ports: "PortSpace", direction: IoDirection, port: i
     vcpu = cpu.vcpu
     length = count * size
     if direction is IoDirection.IN:
-        hpa = vcpu.translate(linear, MemoryAccess.WRITE, user)  # fault before reading the device
+        # Fault before reading the device: both pages of an element that straddles them.
+        hpa = vcpu.translate(linear, MemoryAccess.WRITE, user)
+        if (linear & 0xFFF) + length > 0x1000:
+            vcpu.translate(linear + length - 1, MemoryAccess.WRITE, user)
         values = [ports.read(port, size) for _ in range(count)]
         if descending:
             values.reverse()
