@@ -1,4 +1,4 @@
-"""vtemu's command line: run guests, assemble them.
+"""vtemu's command line: run guests, assemble them, measure.
 
 Every failure a user can cause ends with one line on stderr and a non-zero exit status
 (README "Exit codes"); a guest's run ends with the value it wrote to isa-debug-exit.
@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
                      help="define for guest sources assembled on the fly")
     run.set_defaults(command=_run)
+    bench = commands.add_parser("bench", help="measure vtemu (benchmarks/, README \"Benchmarks\")")
+    bench.add_argument("--suite", default="exit-cost", choices=["exit-cost"],
+                       help="which measurements (default: %(default)s)")
+    bench.add_argument("--repeat", type=_positive_int, metavar="N", help="repeats per measurement")
+    bench.add_argument("--quick", action="store_true", help="small loops: a fast, noisier run")
+    bench.add_argument("--json", dest="json_path", type=Path, metavar="FILE",
+                       help="also write the results as JSON")
+    bench.set_defaults(command=_bench)
     assemble = commands.add_parser("asm", help="assemble a guest (multiboot) or the firmware ROM")
     assemble.add_argument("source", type=Path)
     assemble.add_argument("-o", dest="output", type=Path, required=True)
@@ -87,6 +95,18 @@ def _asm(args: argparse.Namespace) -> int:
         raise BadInput(f"{args.source}: no such file")
     data = build_firmware(args.source) if args.rom else build_guest(args.source, _defines(args.defines))
     write_image(data, args.output)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    from vtemu.bench.exit_cost import measure
+    from vtemu.bench.report import print_exit_cost
+    report = measure(quick=args.quick, repeats=args.repeat)
+    print_exit_cost(report, sys.stdout)
+    if args.json_path:
+        args.json_path.parent.mkdir(parents=True, exist_ok=True)
+        args.json_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return 0
 
 

@@ -71,6 +71,13 @@ class Measurement:
     name: str
     median_us: float
     samples: tuple[float, ...]
+    exits_per_iteration: float     # counted inside the measured window: 1.0 for an exit loop
+
+
+@dataclass(frozen=True)
+class LoopRun:
+    seconds: float                  # host time between the guest's start and end marks
+    exits: int                      # VM exits between the marks (the end mark excluded)
 
 
 def _image(body: str, iterations: int, setup: str = "") -> bytes:
@@ -81,9 +88,10 @@ def _image(body: str, iterations: int, setup: str = "") -> bytes:
         return build_guest(path)
 
 
-def _timed_guest_loop(image: bytes, complete_vmcall: bool = False, clock_live: bool = False) -> float:
-    """Seconds between the guest's start and end marks."""
+def _timed_guest_loop(image: bytes, complete_vmcall: bool = False, clock_live: bool = False) -> LoopRun:
+    """Boot the guest and time its loop between the two marks."""
     marks: list[int] = []
+    exits_inside = 0
     partitions = build_partitions([PartitionSpec("bench", image)], firmware_image(),
                                   lambda index, spec: lambda data: None)
     partition = partitions[0]
@@ -91,33 +99,37 @@ def _timed_guest_loop(image: bytes, complete_vmcall: bool = False, clock_live: b
         partition.handlers[ExitReason.VMCALL] = lambda exit, cpu, part: done(exit, cpu)
 
     def observe(exit: object, outcome: object, elapsed_ns: int) -> None:
-        detail = getattr(exit, "detail", None)
-        if detail == f"out {MARK_PORT:#x}":
-            if clock_live and not marks:
-                # A far timer deadline at the loop's start: from here every instruction counts,
-                # as in a guest that has armed its timer after booting.
-                partition.clock.schedule(1 << 60, lambda: None)
-            marks.append(time.perf_counter_ns())
+        nonlocal exits_inside
+        if getattr(exit, "detail", None) != f"out {MARK_PORT:#x}":
+            exits_inside += len(marks) == 1
+            return
+        if clock_live and not marks:
+            # A far timer deadline at the loop's start: from here every instruction counts,
+            # as in a guest that has armed its timer after booting.
+            partition.clock.schedule(1 << 60, lambda: None)
+        marks.append(time.perf_counter_ns())
 
     partition.exit_observers.append(observe)
     Runner(partitions, RunLimits(timeout_s=600)).run()
     if len(marks) != 2 or partition.result is None or partition.result.exit_code != 0:
         raise RuntimeError(f"benchmark guest failed: {partition.result}")
-    return (marks[1] - marks[0]) / 1e9
+    return LoopRun((marks[1] - marks[0]) / 1e9, exits_inside)
 
 
 def exit_round_trips(iterations: int = 20000, repeats: int = 5) -> list[Measurement]:
     """Median µs per exit round trip, net of the loop's own instructions."""
     images = {name: _image(body, iterations) for name, body in LOOPS.items()}
-    samples: dict[str, list[float]] = {name: [] for name in LOOPS}
+    runs: dict[str, list[LoopRun]] = {name: [] for name in LOOPS}
     for _ in range(repeats):
         for name, image in images.items():  # alternate so host drift hits every loop alike
-            samples[name].append(_timed_guest_loop(image, complete_vmcall=name == "vmcall"))
-    baseline = statistics.median(samples["baseline"])
+            runs[name].append(_timed_guest_loop(image, complete_vmcall=name == "vmcall"))
+    baseline = statistics.median(run.seconds for run in runs["baseline"])
     results = []
     for name in ("out", "cpuid", "vmcall"):
-        per_exit = [(s - baseline) / iterations * 1e6 for s in samples[name]]
-        results.append(Measurement(name, statistics.median(per_exit), tuple(per_exit)))
+        per_exit = [(run.seconds - baseline) / iterations * 1e6 for run in runs[name]]
+        exits = statistics.median(run.exits for run in runs[name])
+        results.append(Measurement(name, statistics.median(per_exit), tuple(per_exit),
+                                   exits / iterations))
     return results
 
 
@@ -138,13 +150,17 @@ def exit_free_throughput(iterations: int = 20_000_000, repeats: int = 3) -> dict
     """Guest-loop seconds under vtemu (uncounted and counted) and raw Unicorn; ratios to raw."""
     image = _image(COMPUTE_BODY, iterations)
     raw, free, counted = [], [], []
+    exits = 0
     for _ in range(repeats):
         raw.append(_raw_unicorn_loop(iterations))
-        free.append(_timed_guest_loop(image))
-        counted.append(_timed_guest_loop(image, clock_live=True))
+        for runs, live in ((free, False), (counted, True)):
+            run = _timed_guest_loop(image, clock_live=live)
+            runs.append(run.seconds)
+            exits += run.exits
     raw_s, free_s, counted_s = (statistics.median(x) for x in (raw, free, counted))
     instructions = iterations * 6
     return {
+        "iterations": iterations, "exits_in_loop": exits,
         "raw_unicorn_s": raw_s, "vtemu_s": free_s, "vtemu_counted_s": counted_s,
         "ratio_vs_raw": raw_s / free_s, "counted_ratio_vs_raw": raw_s / counted_s,
         "raw_ns_per_insn": raw_s / instructions * 1e9,
@@ -153,10 +169,32 @@ def exit_free_throughput(iterations: int = 20_000_000, repeats: int = 3) -> dict
     }
 
 
+@dataclass(frozen=True)
+class ExitCostReport:
+    round_trips: list[Measurement]
+    throughput: dict[str, float]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"round_trips": [{"loop": m.name, "median_us": round(m.median_us, 3),
+                                 "samples_us": [round(x, 3) for x in m.samples],
+                                 "exits_per_iteration": m.exits_per_iteration}
+                                for m in self.round_trips],
+                "exit_free": self.throughput}
+
+
+def measure(quick: bool = False, repeats: int | None = None) -> ExitCostReport:
+    """The whole exit-cost suite in one run; `quick` shrinks the loops (a smoke run, noisy)."""
+    exit_iterations, free_iterations = (2000, 200_000) if quick else (20000, 20_000_000)
+    return ExitCostReport(
+        exit_round_trips(exit_iterations, repeats or (2 if quick else 5)),
+        exit_free_throughput(free_iterations, repeats or (1 if quick else 3)))
+
+
 def main() -> None:
-    for measurement in exit_round_trips():
+    report = measure()
+    for measurement in report.round_trips:
         print(f"{measurement.name:>7} exit round trip: {measurement.median_us:7.2f} µs (median)")
-    throughput = exit_free_throughput()
+    throughput = report.throughput
     print(f"exit-free loop: vtemu {throughput['vtemu_ns_per_insn']:.2f} ns/insn, raw Unicorn "
           f"{throughput['raw_ns_per_insn']:.2f} ns/insn -> {throughput['ratio_vs_raw']:.3f}x raw")
     print(f"with guest time live (counted): {throughput['vtemu_counted_ns_per_insn']:.2f} ns/insn "

@@ -266,6 +266,11 @@ class Rig:
         low = (SEL_CODE32 << 16) | (handler & 0xFFFF)
         self.poke(IDT + 8 * vector, struct.pack("<II", low, high))
 
+    def idt_gate64(self, vector: int, handler: int, dpl: int = 0, gate_type: int = 0xE) -> None:
+        high = (handler & 0xFFFF0000) | (1 << 15) | (dpl << 13) | (gate_type << 8)
+        low = (SEL_CODE64 << 16) | (handler & 0xFFFF)
+        self.poke(IDT + 16 * vector, struct.pack("<IIII", low, high, handler >> 32, 0))
+
     def init_pic(self, base: int = 0x20) -> None:
         """ICW1-4 to the master 8259 (vectors base..base+7), all IRQs unmasked."""
         ports = self.partition.ports
