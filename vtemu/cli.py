@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="end the run after N guest instructions (exact, counted)")
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="end the run after this much host time")
+    run.add_argument("--serial-in", metavar="FILE",
+                     help="COM1 input: a file, or - for stdin (default: none, the line is idle)")
     run.add_argument("--firmware", type=Path, help="firmware ROM image (default: build or assemble)")
     run.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
                      help="define for guest sources assembled on the fly")
@@ -114,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     from vtemu.hv.boot import build_partitions
     from vtemu.hv.partition import PartitionSpec
     from vtemu.hv.runloop import RunLimits, Runner
+    from vtemu.hv.serial_input import open_serial_input
     from vtemu.images import firmware_image, kernel_image
 
     ram = args.memory * MiB
@@ -123,10 +126,15 @@ def _run(args: argparse.Namespace) -> int:
     specs = [PartitionSpec(name=path.stem, kernel=kernel_image(path, _defines(args.defines)),
                            cmdline=args.cmdline, ram_size=ram, mode=args.mode)
              for path in args.images]
+    firmware = firmware_image(args.firmware)
     consoles = _Consoles(prefix=len(specs) > 1)
-    partitions = build_partitions(specs, firmware_image(args.firmware), consoles.for_partition)
-    runner = Runner(partitions, RunLimits(args.max_instructions, args.timeout))
-    runner.run()
+    with open_serial_input(args.serial_in) as serial_input:
+        specs[0].serial_input = serial_input   # the first partition's COM1 has the host's input
+        partitions = build_partitions(specs, firmware, consoles.for_partition)
+        runner = Runner(partitions, RunLimits(args.max_instructions, args.timeout))
+        if serial_input is not None:
+            serial_input.cancelled = lambda: runner.aborted
+        runner.run()
     consoles.flush()
     return _report(partitions, runner.wall_s, args)
 

@@ -101,3 +101,28 @@ def test_asm_writes_a_bootable_image(capsys, tmp_path) -> None:
     assert _run(capsys, "asm", str(GUESTS / "hello.S"), "-o", str(image))[0] == 0
     code, out, _ = _run(capsys, "run", str(image))
     assert (code, out) == (0, "Hello from a vtemu guest!\n")
+
+
+def test_serial_input_from_a_file_reaches_the_guest(capsys, tmp_path) -> None:
+    typed = tmp_path / "typed.txt"
+    typed.write_bytes(b"one\ntwo\nquit\n")
+    code, out, _ = _run(capsys, "run", str(GUESTS / "echo.S"), "--serial-in", str(typed))
+    assert out.endswith("> ONE\n> TWO\n> QUIT\necho: 3 lines\n")
+    assert code == 3
+
+
+def test_serial_input_from_stdin(tmp_path) -> None:
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "vtemu.cli", "run", str(GUESTS / "echo.S"),
+                           "--serial-in", "-"], input=b"piped\nquit\n", capture_output=True,
+                          timeout=120)
+    assert done.stdout.endswith(b"> PIPED\n> QUIT\necho: 2 lines\n"), done.stderr
+    assert done.returncode == 2
+
+
+def test_missing_serial_input_file_is_one_line(capsys, tmp_path) -> None:
+    code, out, err = _run(capsys, "run", str(GUESTS / "hello.S"), "--serial-in",
+                          str(tmp_path / "absent"))
+    assert code == RunEnd.BAD_INPUT and out == ""
+    assert "no such file" in _single_line_error(err)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.guests.harness import all_guests, guest_image, qemu_available, run_guest, run_qemu
+from tests.guests.harness import (GUEST_INPUT, all_guests, guest_image, qemu_available, run_guest,
+                                  run_qemu)
 
 pytestmark = pytest.mark.differential
 
@@ -46,7 +47,7 @@ def _need_qemu() -> None:
 @pytest.mark.parametrize("name", _guests())
 def test_same_serial_and_exit_status(name: str) -> None:
     image = guest_image(name)
-    qemu = run_qemu(image)
+    qemu = run_qemu(image, serial_input=GUEST_INPUT.get(name, b""))
     vtemu = run_guest(name, image=image)
     assert vtemu.serial == qemu.serial
     assert qemu.status == (vtemu.exit_code << 1) | 1, qemu.stderr

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,8 @@ GUESTS = PROJECT / "guests"
 DEFAULT_TIMEOUT_S = 30.0
 QEMU = "qemu-system-x86_64"
 DEBUG_EXIT_ARGS = ("-device", "isa-debug-exit,iobase=0xf4,iosize=0x4")
+# COM1 input for the guests that read it (vtemu and QEMU get the same bytes).
+GUEST_INPUT = {"echo": b"hello, vtemu\nSecond line 2\nquit\n"}
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,20 @@ def _firmware() -> bytes:
     return firmware_image()
 
 
+def bytes_input(data: bytes):
+    """COM1's host end fed from fixed bytes, as a file would feed it."""
+    remaining = iter(data)
+    return lambda block: next(remaining, None)
+
+
 def run_guest(name: str, timeout_s: float = DEFAULT_TIMEOUT_S,
-              max_instructions: int | None = None, image: bytes | None = None) -> GuestRun:
+              max_instructions: int | None = None, image: bytes | None = None,
+              serial_input: bytes | None = None) -> GuestRun:
     """Boot guests/<name>.S through vtemu's firmware, in this process."""
     serial = bytearray()
-    spec = PartitionSpec(name=name, kernel=image if image is not None else guest_image(name))
+    data = GUEST_INPUT.get(name) if serial_input is None else serial_input
+    spec = PartitionSpec(name=name, kernel=image if image is not None else guest_image(name),
+                         serial_input=bytes_input(data) if data is not None else None)
     partitions = build_partitions([spec], _firmware(), lambda index, spec: serial.extend)
     partition = partitions[0]
     exits: list[RecordedExit] = []
@@ -133,13 +146,39 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def run_qemu(image: bytes, timeout_s: float = 60.0) -> QemuRun:
-    """The same image under `qemu-system-x86_64 -kernel` (TCG), COM1 on stdout."""
+def run_qemu(image: bytes, timeout_s: float = 60.0, serial_input: bytes = b"") -> QemuRun:
+    """The same image under `qemu-system-x86_64 -kernel` (TCG), COM1 on stdin/stdout.
+
+    Input is typed only once the guest has printed its first line, as a person would: bytes
+    reaching QEMU's UART before the guest programs it are lost to its FIFO reset there, while
+    vtemu's line delivers them when the guest asks (both are things real hardware does)."""
     with tempfile.TemporaryDirectory(prefix="vtemu-qemu-") as tmp:
         kernel = Path(tmp) / "kernel.bin"
         kernel.write_bytes(image)
         command = [QEMU, "-accel", "tcg", "-kernel", str(kernel), "-serial", "stdio",
                    "-display", "none", "-nodefaults", "-no-reboot", *DEBUG_EXIT_ARGS]
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout_s, env={**os.environ, "LC_ALL": "C"})
-    return QemuRun(done.stdout, done.returncode, done.stderr.decode(errors="replace"))
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}) as qemu:
+            assert qemu.stdin is not None and qemu.stdout is not None
+            deadline = time.monotonic() + timeout_s
+            first = _read_first_line(qemu.stdout.fileno(), deadline) if serial_input else b""
+            qemu.stdin.write(serial_input)
+            qemu.stdin.close()
+            qemu.stdin = None
+            try:
+                rest, stderr = qemu.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                qemu.kill()
+                raise
+    return QemuRun(first + rest, qemu.returncode, stderr.decode(errors="replace"))
+
+
+def _read_first_line(fd: int, deadline: float) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -37,6 +37,40 @@ def quoted_end(text: str, start: int) -> int | None:
     return None
 
 
+# GAS's character escapes. Keystone 0.9.2 gets \b, \n, \t, \\, \' and \" right in a character
+# literal but silently reads '\r' as 'r', '\f' as 'f' and '\0' as '0' (it is right in strings).
+_CHAR_ESCAPES = {"b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "\\": 92, "'": 39, '"': 34}
+
+
+def char_literals_as_numbers(text: str, loc: SourceLoc) -> str:
+    """`text` with every escaped character literal ('\r', '\0', '\x41') replaced by its value."""
+    out, i = [], 0
+    while i < len(text):
+        quote = text[i]
+        if quote not in "'\"":
+            out.append(quote)
+            i += 1
+            continue
+        end = _literal_end(text, i, loc)
+        literal = text[i:end]
+        if quote == "'" and literal.startswith("'\\"):
+            literal = str(_escaped_char_value(literal, loc))
+        out.append(literal)
+        i = end
+    return "".join(out)
+
+
+def _escaped_char_value(literal: str, loc: SourceLoc) -> int:
+    body = literal[2:-1]
+    if body in _CHAR_ESCAPES:
+        return _CHAR_ESCAPES[body]
+    if body and len(body) <= 3 and set(body) <= _OCTAL:
+        return int(body, 8) & 0xFF
+    if body[:1] in ("x", "X") and re.fullmatch(r"[0-9a-fA-F]{1,2}", body[1:]):
+        return int(body[1:], 16)
+    raise error_at(loc, f"unknown escape in character literal {literal}")
+
+
 def _literal_end(text: str, start: int, loc: SourceLoc) -> int:
     """Like quoted_end, but an unterminated literal is the user's error."""
     end = quoted_end(text, start)

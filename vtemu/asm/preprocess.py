@@ -36,6 +36,7 @@ from vtemu.asm.directives import (
 from vtemu.asm.lexer import (
     SYMBOL_RE,
     CommentStripper,
+    char_literals_as_numbers,
     first_word,
     parse_string_literal,
     split_assignment,
@@ -228,6 +229,7 @@ class _Preprocessor:
         if self._capture is not None:
             self._capture_statement(text, loc, trail)
             return
+        text = char_literals_as_numbers(text, loc)
         word, rest = first_word(text)
         directive = word.lower()
         if directive in _CONDITIONALS:

@@ -7,6 +7,13 @@ clock. Character times are zero, which settles the one timing-based rule of the 
 FIFO "character timeout" (datasheet, "FIFO Interrupt Mode Operation") holds whenever the RX
 FIFO has data below its trigger level, because four character times of silence have always
 passed by the time the guest looks.
+
+Host input comes from an optional `rx_source`, pulled one byte at a time at points the guest
+drives: a read of LSR, or, with the received-data interrupt enabled, enabling it, reading IIR
+and emptying the FIFO. The same input bytes therefore reach the guest at the same
+instructions on every run, however the host delivers them. `rx_source(block)` returns the
+next byte or None (nothing yet, or never again); `block` asks it to wait (the hypervisor does
+so only when every vCPU is halted and this UART could wake one).
 """
 
 from __future__ import annotations
@@ -108,8 +115,10 @@ class Uart16550:
     """One NS16550A as the PC wires it: IRQ output gated by OUT2, modem inputs from a terminal."""
 
     def __init__(self, tx: Callable[[bytes], None], irq: IrqLine,
-                 modem_inputs: Msr = CONNECTED_TERMINAL) -> None:
+                 modem_inputs: Msr = CONNECTED_TERMINAL,
+                 rx_source: Callable[[bool], int | None] | None = None) -> None:
         self._tx = tx
+        self._rx_source = rx_source
         self._irq = irq
         self._irq_level = False
         self._ier = Ier(0)
@@ -139,6 +148,27 @@ class Uart16550:
         for byte in data:
             self._receive(byte)
         self._update_irq()
+
+    def wait_for_input(self) -> bool:
+        """Block for host input if the guest waits for it by interrupt; True if a byte came."""
+        if not self._ier & Ier.ERBFI or not self._mcr & Mcr.OUT2:
+            return False
+        return self._pull(block=True)
+
+    def _pull(self, block: bool = False) -> bool:
+        """One byte from the host into an empty receiver, when there is a host end."""
+        if self._rx_source is None or self._rx or self._mcr & Mcr.LOOP:
+            return False
+        byte = self._rx_source(block)
+        if byte is None:
+            return False
+        self._receive(byte)
+        self._update_irq()
+        return True
+
+    def _pull_for_interrupt(self) -> None:
+        if self._ier & Ier.ERBFI:
+            self._pull()
 
     @property
     def rx_room(self) -> int:
@@ -222,10 +252,12 @@ class Uart16550:
     def _read_rbr(self) -> int:
         if self._rx:
             self._rbr = self._rx.popleft()
+            self._pull_for_interrupt()
             self._update_irq()
         return self._rbr
 
     def _read_lsr(self) -> int:
+        self._pull()
         value = self._line_errors | Lsr.THRE | Lsr.TEMT
         if self._rx:
             value |= Lsr.DR
@@ -256,6 +288,7 @@ class Uart16550:
             # Enabling ETBEI while THR is empty raises the interrupt at once (datasheet, IER).
             self._thr_interrupt = True
         self._ier = new
+        self._pull_for_interrupt()
         self._update_irq()
 
     def _write_fcr(self, value: int) -> None:
@@ -322,6 +355,7 @@ class Uart16550:
         return IirSource.NONE
 
     def _read_iir(self) -> int:
+        self._pull_for_interrupt()
         source = self._pending_source()
         if source is IirSource.THR_EMPTY:
             # Reading IIR while THRE is the reported source clears it (datasheet Table IV).

@@ -53,6 +53,7 @@ class PartitionSpec:
     vcpus: int = 1
     mode: str = "vtx"
     files: dict[str, bytes] = field(default_factory=dict)
+    serial_input: Callable[[bool], int | None] | None = None   # COM1's receive line (host end)
 
 
 class Partition:
@@ -88,7 +89,8 @@ class Partition:
         ports.attach("cmos", layout.CMOS_BASE, 2, self.rtc)
         self.post = PostPort()
         ports.attach("post", layout.POST_PORT, 1, self.post)
-        self.uart = Uart16550(console, self.pic.irq_line(layout.COM1_IRQ))
+        self.uart = Uart16550(console, self.pic.irq_line(layout.COM1_IRQ),
+                              rx_source=self.spec.serial_input)
         ports.attach("com1", layout.COM1_BASE, 8, self.uart)
         self.debug_exit = IsaDebugExit(self._guest_exit)
         ports.attach("debug-exit", layout.DEBUG_EXIT_PORT, layout.DEBUG_EXIT_SIZE, self.debug_exit,

@@ -51,6 +51,10 @@ class Runner:
                 partition.end(self._abort)
         self.wall_s = time.perf_counter() - start
 
+    @property
+    def aborted(self) -> bool:
+        return self._abort is not None
+
     def abort(self, outcome: Shutdown) -> None:
         """From the watchdog thread: end the run at the next boundary (host-side, not guest-visible)."""
         self._abort = outcome
@@ -95,6 +99,8 @@ class Runner:
         if any(cpu.can_wake() for cpu in partition.vcpus):
             return
         deadline = partition.clock.next_deadline_ns()
+        if deadline is None and partition.uart.wait_for_input():
+            return  # host input arrived for a guest waiting on it by interrupt
         if deadline is None:
             partition.end(Shutdown(RunEnd.HALTED_FOREVER,
                                    "every vCPU is halted and no interrupt can wake one", dump=True))

@@ -188,3 +188,23 @@ def test_encoding_changed_by_statement_labels_is_reported(monkeypatch: pytest.Mo
                                             r"vtemu's statement labels are present \(first difference "
                                             r"at offset 0x1\)"):
         assembled("nop\nmov eax, 1\nhlt\n")
+
+
+@pytest.mark.parametrize(("literal", "value"), [
+    (r"'\r'", 13), (r"'\f'", 12), (r"'\0'", 0), (r"'\n'", 10), (r"'\t'", 9), (r"'\b'", 8),
+    (r"'\\'", 92), (r"'\''", 39), (r"'\101'", 0o101), (r"'\x7f'", 0x7F), ("'r'", ord("r")),
+])
+def test_character_literal_escapes_have_their_gas_values(literal: str, value: int) -> None:
+    """Keystone alone reads '\\r' as 'r' and '\\0' as '0': the toolchain supplies the values."""
+    image = assembled(f"mov al, {literal}\n.byte {literal}\n")
+    assert image.data == bytes([0xB0, value, value])
+
+
+def test_strings_keep_their_escapes_and_quotes_inside_them_are_not_literals() -> None:
+    image = assembled('.ascii "it\'s\\r\\n"\nmov al, \'\\r\'\n')
+    assert image.data == b"it's\r\n" + bytes([0xB0, 13])
+
+
+def test_unknown_character_escape_is_an_error_at_its_line() -> None:
+    with pytest.raises(AssemblyError, match=r"t.S:2: unknown escape in character literal '\\q'"):
+        assembled("nop\nmov al, '\\q'\n")

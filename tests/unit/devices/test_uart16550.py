@@ -223,3 +223,63 @@ def test_lsr_and_msr_writes_are_ignored(uart: Uart16550) -> None:
     uart.io_write(MSR, 1, 0x0F)
     assert uart.io_read(LSR, 1) == 0x60
     assert uart.io_read(MSR, 1) == 0xB0
+
+
+# --- host input, pulled at guest-driven points ---------------------------------------------
+
+class HostInput:
+    """An rx_source over fixed bytes that records each pull and whether it was asked to wait."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+        self.pulls: list[bool] = []
+
+    def __call__(self, block: bool) -> int | None:
+        self.pulls.append(block)
+        return self.data.pop(0) if self.data else None
+
+
+def _fed_uart(data: bytes, irq: RecordingLine) -> tuple[Uart16550, HostInput]:
+    source = HostInput(data)
+    return Uart16550(Sink(), irq, rx_source=source), source
+
+
+def test_lsr_read_pulls_one_byte_into_an_empty_receiver(irq: RecordingLine) -> None:
+    uart, source = _fed_uart(b"ab", irq)
+    assert source.pulls == []                          # nothing is read before the guest looks
+    assert uart.io_read(LSR, 1) & 0x01                 # DR
+    assert uart.io_read(LSR, 1) & 0x01                 # still "a": no second pull
+    assert source.pulls == [False]
+    assert uart.io_read(RBR, 1) == ord("a")
+    assert not uart.io_read(IIR, 1) & 0x04             # received-data interrupt is off: no pull
+    assert uart.io_read(LSR, 1) & 0x01 and uart.io_read(RBR, 1) == ord("b")
+    assert not uart.io_read(LSR, 1) & 0x01             # input ended: the line stays idle
+
+
+def test_with_the_interrupt_enabled_each_emptying_read_brings_the_next_byte(irq: RecordingLine) -> None:
+    uart, source = _fed_uart(b"xyz", irq)
+    uart.io_write(MCR, 1, OUT2)
+    uart.io_write(IER, 1, 0x01)                        # ERBFI: "x" arrives, IRQ rises
+    assert irq.level and uart.io_read(IIR, 1) & 0x0F == 0x04
+    received = bytes(uart.io_read(RBR, 1) for _ in range(3))
+    assert received == b"xyz"
+    assert not irq.level                               # nothing left: IRQ falls
+    assert uart.io_read(IIR, 1) & 0x0F == 0x01
+
+
+def test_loopback_never_pulls_host_input(irq: RecordingLine) -> None:
+    uart, source = _fed_uart(b"q", irq)
+    uart.io_write(MCR, 1, LOOP)
+    uart.io_read(LSR, 1)
+    assert source.pulls == []
+
+
+def test_wait_for_input_blocks_only_for_a_guest_waiting_by_interrupt(irq: RecordingLine) -> None:
+    uart, source = _fed_uart(b"", irq)
+    assert not uart.wait_for_input()                   # ERBFI off: nothing to wait for
+    assert source.pulls == []
+    uart.io_write(MCR, 1, OUT2)
+    uart.io_write(IER, 1, 0x01)
+    source.data += b"k"
+    assert uart.wait_for_input()
+    assert source.pulls[-1] is True and irq.level

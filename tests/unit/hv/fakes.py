@@ -27,7 +27,6 @@ from vtemu.images import firmware_image
 from vtemu.machine import layout
 from vtemu.machine.cpustate import Seg, SegmentCache
 from vtemu.machine.decode import CodeMode, Instruction
-from vtemu.machine.sites import classify
 from vtemu.vmx.controls import EntryControls
 from vtemu.vmx.cpu import VmxCpu
 from vtemu.vmx.exit import ExitDecision, VmExit
@@ -76,9 +75,11 @@ def firmware() -> bytes:
     return firmware_image()
 
 
-def new_partition(kernel: bytes | None = None, ram_size: int = 16 << 20) -> tuple[Partition, bytearray]:
+def new_partition(kernel: bytes | None = None, ram_size: int = 16 << 20,
+                  vcpus: int = 1) -> tuple[Partition, bytearray]:
     serial = bytearray()
-    spec = PartitionSpec("t", kernel if kernel is not None else hello_image(), ram_size=ram_size)
+    spec = PartitionSpec("t", kernel if kernel is not None else hello_image(), ram_size=ram_size,
+                         vcpus=vcpus)
     partition = build_partitions([spec], firmware(), lambda index, spec: serial.extend)[0]
     return partition, serial
 
@@ -129,11 +130,11 @@ class RecordingMmioDevice:
 # --- the rig ---------------------------------------------------------------------------------
 
 class Rig:
-    """One unstarted partition and its vCPU 0, with helpers for handler tests."""
+    """One unstarted partition and one of its vCPUs (0 unless `index`), with helpers for handler tests."""
 
-    def __init__(self, kernel: bytes | None = None) -> None:
-        self.partition, self.serial = new_partition(kernel)
-        self.cpu: VmxCpu = self.partition.vcpus[0]
+    def __init__(self, kernel: bytes | None = None, vcpus: int = 1, index: int = 0) -> None:
+        self.partition, self.serial = new_partition(kernel, vcpus=vcpus)
+        self.cpu: VmxCpu = self.partition.vcpus[index]
         self.vcpu = self.cpu.vcpu
         self.outcomes: list[tuple[VmExit, Outcome]] = []
         self.partition.exit_observers.append(lambda exit, outcome, ns: self.outcomes.append((exit, outcome)))
@@ -319,10 +320,6 @@ class Rig:
 
     def injected_error(self) -> int:
         return self.cpu.vmcs.read(F.VM_ENTRY_EXCEPTION_ERROR_CODE)
-
-
-def site_kind(insn: Instruction) -> object:
-    return classify(insn)
 
 
 def run(rig: Rig, code: str | bytes | None = None, address: int = CODE, max_slices: int = 200,

@@ -88,3 +88,11 @@ def test_leaf_is_eax_whatever_the_hypervisor_last_wrote() -> None:
     rig.set(r8=0xFFFF_FFFF_8000_0000)   # an unrelated register, last written
     rig.handle(rig.exit_for(ExitReason.CPUID, insn))
     assert rig.get("rax") == 0xD        # leaf 0, not "leaf 0xFFFFFFFF00000000"
+
+
+def test_each_vcpu_of_a_partition_reports_its_apic_id_and_the_count() -> None:
+    rig = Rig(vcpus=2, index=1)
+    rig.protected_mode()
+    _, ebx, _, _ = _cpuid(rig, 1)
+    assert ebx >> 24 == 1 and (ebx >> 16) & 0xFF == 2
+    assert _cpuid(rig, 0x40000005)[:2] == (2, 2)

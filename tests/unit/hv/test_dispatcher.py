@@ -8,6 +8,7 @@ import pytest
 from tests.unit.hv.fakes import Rig
 from vtemu.hv.outcome import HALT, RESUME, RunEnd, Shutdown
 from vtemu.vmx.exit import ExitDecision, VmExit
+from vtemu.vmx.qualifications import IoDirection, IoQualification
 from vtemu.vmx.reasons import ExitReason
 
 
@@ -76,7 +77,6 @@ def test_outcomes_become_processor_decisions(rig: Rig) -> None:
 def test_a_write_to_isa_debug_exit_ends_the_partition_with_its_value(rig: Rig) -> None:
     insn = rig.place("out dx, eax")
     rig.set(rax=0x2A, rdx=0xF4)
-    from vtemu.vmx.qualifications import IoDirection, IoQualification
     qualification = IoQualification(4, IoDirection.OUT, port=0xF4).encode()
     assert rig.dispatch(rig.exit_for(ExitReason.IO_INSTRUCTION, insn, qualification)) is ExitDecision.STOP
     assert rig.partition.result is not None and rig.partition.result.exit_code == 0x2A

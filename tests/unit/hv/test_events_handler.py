@@ -146,3 +146,12 @@ def test_entry_failure_ends_with_the_rule_that_failed(rig: Rig) -> None:
     assert isinstance(outcome, Shutdown)
     assert outcome.exit_code == RunEnd.UNHANDLED_EXIT
     assert "RFLAGS" in outcome.reason
+
+
+def test_pending_vectors_are_per_vcpu() -> None:
+    rig = Rig(vcpus=2, index=1)
+    rig.protected_mode()
+    rig.set(rflags=0x2)
+    rig.handle(_external(0x30))
+    assert rig.partition.pending_vectors(rig.cpu) == [0x30]
+    assert rig.partition.pending_vectors(rig.partition.vcpus[0]) == []

@@ -91,9 +91,9 @@ def test_immediate_port_and_device_offset() -> None:
 
 def test_unclaimed_port_reads_all_ones_and_drops_writes() -> None:
     rig = _rig()
-    _io_in = rig.place("in ax, dx")
+    insn = rig.place("in ax, dx")
     rig.set(rax=0, rdx=0x6000)
-    rig.handle(rig.exit_for(ExitReason.IO_INSTRUCTION, _io_in, _qualification(2, IN, 0x6000)))
+    rig.handle(rig.exit_for(ExitReason.IO_INSTRUCTION, insn, _qualification(2, IN, 0x6000)))
     assert rig.get("rax") == 0xFFFF
     assert rig.partition.ports.unclaimed_accesses[0x6000] == 1
 
@@ -103,9 +103,9 @@ def test_wide_out_to_a_byte_wide_device_is_split_into_byte_accesses() -> None:
     rig = Rig()
     rig.protected_mode()
     rig.partition.ports.attach("isa", PORT, 4, device, byte_wide=True)
-    _ = rig.place("out dx, ax")
+    insn = rig.place("out dx, ax")
     rig.set(rax=0xBBAA, rdx=PORT)
-    rig.handle(rig.exit_for(ExitReason.IO_INSTRUCTION, rig.place("out dx, ax"), _qualification(2, OUT)))
+    rig.handle(rig.exit_for(ExitReason.IO_INSTRUCTION, insn, _qualification(2, OUT)))
     assert device.writes == [(0, 1, 0xAA), (1, 1, 0xBB)]
 
 
