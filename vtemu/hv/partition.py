@@ -114,8 +114,11 @@ class Partition:
     def _string_io_passthrough(self, cpu: VmxCpu) -> Callable[..., None]:
         """String I/O the bitmap lets through still needs its iterations performed."""
         def perform(insn: Instruction, port: int, size: int, direction: IoDirection) -> None:
-            if emulate_string_io(cpu, self.ports, insn, port, size, direction, insn.has_rep):
+            fault = emulate_string_io(cpu, self.ports, insn, port, size, direction, insn.has_rep)
+            if fault is None:
                 cpu.complete(insn)
+            else:
+                cpu.raise_exception(fault.vector, fault.error_code, cr2=fault.cr2, rip=insn.address)
         return perform
 
     # --- the hypervisor side of an exit ---------------------------------------------------

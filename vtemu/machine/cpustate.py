@@ -26,6 +26,7 @@ HF_ADDSEG = 1 << 6
 HF_PE = 1 << 7
 HF_LMA = 1 << 14
 HF_CS64 = 1 << 15
+HF2_NMI_MASK = 1 << 2      # hflags2: "CPU serving NMI", cleared by IRET (QEMU seg_helper.c)
 
 DESC_TYPE_SHIFT = 8
 DESC_S = 1 << 12
@@ -141,6 +142,17 @@ class CpuContext:
 
     def set_interrupt_shadow(self) -> None:
         self._state.hflags |= HF_INHIBIT_IRQ
+
+    @property
+    def nmi_blocked(self) -> bool:
+        """Blocking by NMI (SDM 6.7.1, 24.4.2 bit 3): from NMI delivery to the next IRET."""
+        return bool(self._state.hflags2 & HF2_NMI_MASK)
+
+    def set_nmi_blocked(self, blocked: bool) -> None:
+        if blocked:
+            self._state.hflags2 |= HF2_NMI_MASK
+        else:
+            self._state.hflags2 &= ~HF2_NMI_MASK
 
     def segment(self, seg: Seg) -> SegmentCache:
         return _cache_of(self._state.segs[seg])

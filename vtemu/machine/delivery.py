@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Callable
 
 import unicorn.x86_const as U
 
@@ -89,17 +90,47 @@ class _Fault(Exception):
         self.cr2 = cr2
 
 
-def deliver(vcpu: VCpu, event: Event, return_rip: int) -> Event:
-    """Deliver `event`, escalating faults during delivery; returns what was finally delivered."""
+class InterceptedFault(Exception):
+    """A fault during delivery that `intercepts` claimed (a VM exit, SDM 25.2, 27.2.4): nothing
+    of it reached the guest, CR2 included; `delivering` is the event it interrupted."""
+
+    def __init__(self, event: Event, delivering: Event, cr2: int | None) -> None:
+        super().__init__(f"vector {event.vector} while delivering vector {delivering.vector}")
+        self.event = event
+        self.delivering = delivering
+        self.cr2 = cr2
+
+
+def deliver(vcpu: VCpu, event: Event, return_rip: int,
+            intercepts: Callable[[Event], bool] | None = None) -> Event:
+    """Deliver `event`, escalating faults during delivery (Table 6-5); returns what was finally
+    delivered. A fault, once escalated, that `intercepts` claims raises InterceptedFault."""
     current = event
     while True:
         try:
             _Delivery(vcpu, current, return_rip).run()
+            if current.type is EventType.NMI:
+                _block_nmis(vcpu)
             return current
         except _Fault as fault:
+            nested = escalate(current, fault.event)
+            if intercepts is not None and intercepts(nested):
+                # A #PF that exits leaves CR2 alone (its address goes to the qualification).
+                exiting_pf = nested is fault.event and fault.cr2 is not None
+                if fault.cr2 is not None and not exiting_pf:
+                    vcpu.write(U.UC_X86_REG_CR2, fault.cr2)
+                raise InterceptedFault(nested, current, fault.cr2 if exiting_pf else None) from None
             if fault.cr2 is not None:
                 vcpu.write(U.UC_X86_REG_CR2, fault.cr2)
-            current = escalate(current, fault.event)
+            current = nested
+
+
+def _block_nmis(vcpu: VCpu) -> None:
+    """An NMI handler runs with further NMIs blocked until IRET (SDM 6.7.1); Unicorn's IRET
+    clears the flag itself."""
+    context = vcpu.context.load()
+    context.set_nmi_blocked(True)
+    context.store()
 
 
 def escalate(first: Event, second: Event) -> Event:

@@ -348,6 +348,16 @@ class VCpu:
         return 0
 
     @property
+    def retired_so_far(self) -> int:
+        """Instructions retired up to the current one, including the slice under way (exact
+        while counting). Inside a hook the count hook has already seen the current
+        instruction, which has not retired."""
+        running = self._running_instructions()
+        if running and self._phase is not _Phase.NONE:
+            running -= 1
+        return self.instructions_retired + running
+
+    @property
     def in_code_hook(self) -> bool:
         """True while a sensitive-instruction site is being handled, before the instruction runs."""
         return self._phase is _Phase.BEFORE

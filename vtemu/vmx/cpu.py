@@ -102,6 +102,7 @@ class VmxCpu:
         self._inline = False
         self._advanced = False
         self._preemption_deadline: int | None = None
+        self.pause_loop = instructions.PauseLoop()
         vcpu.events = self
 
     # --- state the hypervisor and handlers use --------------------------------------------
@@ -169,7 +170,7 @@ class VmxCpu:
     # --- exits ----------------------------------------------------------------------------
     def _make_exit(self, reason: ExitReason, rip: int, **fields: object) -> VmExit:
         exit = VmExit(reason, rip, sequence=self.exits_taken, vcpu=self.index,
-                      instructions=self.vcpu.instructions_retired, **fields)  # type: ignore[arg-type]
+                      instructions=self.vcpu.retired_so_far, **fields)  # type: ignore[arg-type]
         self.history.append(exit)
         return exit
 
@@ -183,6 +184,7 @@ class VmxCpu:
 
     def _take(self, exit: VmExit) -> None:
         self._advanced = False
+        self.pause_loop.forget()
         decision = vm_exit(self, exit)
         self._after_exit(exit, decision)
 
@@ -214,17 +216,20 @@ class VmxCpu:
         """A hardware exception detected by the processor: exit if the bitmap says so, else deliver."""
         rip = self.vcpu.rip if rip is None else rip
         if self.intercepts.exception_exits(vector, error_code):
-            exit = self._make_exit(
-                ExitReason.EXCEPTION_OR_NMI, rip, qualification=cr2 if vector == PAGE_FAULT else 0,
-                interruption=InterruptionInfo.exception(vector, error_code=error_code is not None),
-                interruption_error=error_code, detail=f"vector {vector}")
-            self._take(exit)
+            self._take(self.exception_exit(vector, error_code, cr2, rip))
             return
         if vector == PAGE_FAULT and cr2 is not None:
             self.vcpu.write(U.UC_X86_REG_CR2, cr2)
         self._pending_event = (Event.exception(vector, error_code), rip)
         if self._inline:
             self.vcpu.request_stop()
+
+    def exception_exit(self, vector: int, error_code: int | None, cr2: int | None, rip: int) -> VmExit:
+        """Exit 0 for a hardware exception; a #PF's linear address is the qualification (27.2.1)."""
+        return self._make_exit(
+            ExitReason.EXCEPTION_OR_NMI, rip, qualification=(cr2 or 0) if vector == PAGE_FAULT else 0,
+            interruption=InterruptionInfo.exception(vector, error_code=error_code is not None),
+            interruption_error=error_code, detail=f"vector {vector}")
 
     def translation_exit(self, fault: TranslationFault, fault_address: int | None) -> VmExit:
         """EPT violation (48) or misconfiguration (49) for a refused guest-physical access."""
@@ -333,7 +338,9 @@ class VmxCpu:
         return exiting or self.interruptible()
 
     def _slice_budget(self, budget: int | None) -> int | None:
-        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary or self._intr_waits_for_window():
+        primary = self.intercepts.primary
+        if (P.INTERRUPT_WINDOW_EXITING in primary or P.NMI_WINDOW_EXITING in primary
+                or self._intr_waits_for_window()):
             return 1  # step until the window opens
         deadline = self._preemption_deadline
         if deadline is not None:
@@ -399,22 +406,33 @@ class VmxCpu:
         self.vcpu.retire_emulated(-1)
 
     def _asynchronous_exit(self) -> VmExit | None:
-        """Exits that happen between instructions: external interrupt, interrupt window,
-        preemption timer (SDM 25.2, 26.7.5, 25.5.1), in priority order."""
+        """Exits that happen between instructions, in the priority order of SDM 25.2: the
+        preemption timer, then NMI-window exiting, then interrupt-window exiting, then
+        external interrupts."""
         rip = self.vcpu.rip
-        pin = self.intercepts.pin
-        if (PinBasedControls.EXTERNAL_INTERRUPT_EXITING in pin and self.interrupts is not None
-                and self.interrupts.intr_asserted()):
-            self.activity_on_injection()
-            return self._external_interrupt_exit(rip)
-        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary and self.interruptible():
-            self.activity_on_injection()
-            return self._make_exit(ExitReason.INTERRUPT_WINDOW, rip)
         deadline = self._preemption_deadline
         if deadline is not None and self.vcpu.clock.now_ns() >= deadline:
             self._preemption_deadline = None
             return self._make_exit(ExitReason.PREEMPTION_TIMER, rip)
+        if self._nmi_window_open():
+            self.activity_on_injection()
+            return self._make_exit(ExitReason.NMI_WINDOW, rip)
+        if P.INTERRUPT_WINDOW_EXITING in self.intercepts.primary and self.interruptible():
+            self.activity_on_injection()
+            return self._make_exit(ExitReason.INTERRUPT_WINDOW, rip)
+        if (PinBasedControls.EXTERNAL_INTERRUPT_EXITING in self.intercepts.pin
+                and self.interrupts is not None and self.interrupts.intr_asserted()):
+            self.activity_on_injection()
+            return self._external_interrupt_exit(rip)
         return None
+
+    def _nmi_window_open(self) -> bool:
+        """NMI-window exiting: no virtual-NMI blocking and no blocking by MOV SS (SDM 25.2;
+        vtemu also waits out blocking by STI, which the SDM allows, as QEMU keeps one flag)."""
+        if P.NMI_WINDOW_EXITING not in self.intercepts.primary:
+            return False
+        state = self.vcpu.state()
+        return not state.nmi_blocked and not state.interrupt_shadow
 
     def _external_interrupt_exit(self, rip: int) -> VmExit:
         assert self.interrupts is not None
@@ -434,6 +452,14 @@ class VmxCpu:
         vector = self.interrupts.acknowledge()
         self._pending_event = (Event(vector, EventType.EXTERNAL_INTERRUPT), self.vcpu.rip)
         return True
+
+    def preemption_timer_left(self) -> int:
+        """Timer ticks until expiry, rounded up: 0 once it has fired (SDM 25.5.1, 27.3.4)."""
+        deadline = self._preemption_deadline
+        if deadline is None:
+            return 0
+        rate = self.caps.preemption_timer_rate
+        return -(-max(0, deadline - self.vcpu.clock.now_ns()) >> rate)
 
     def _arm_preemption_timer(self) -> None:
         """The timer counts down from its VMCS value at TSC >> rate (SDM 25.5.1)."""
@@ -470,9 +496,25 @@ class VmxCpu:
             return
         self.vcpu.rip = rip - length
         self.vcpu.retire_emulated(-1)
-        info = InterruptionInfo(stop.vector, InterruptionType(int(kind)))
-        self._take(self._make_exit(ExitReason.EXCEPTION_OR_NMI, rip - length, instruction_length=length,
-                                   interruption=info, detail=f"vector {stop.vector}"))
+        self._software_exception_exit(stop.vector, kind, rip - length, length)
+
+    def _software_exception_exit(self, vector: int, kind: EventType, rip: int, length: int) -> None:
+        """Exit 0 for INT3/INTO/INT1 with the exception bitmap bit set: fault-like, RIP at the
+        instruction, its length for re-injection (SDM 27.2.2, 27.2.5)."""
+        info = InterruptionInfo(vector, InterruptionType(int(kind)))
+        self._take(self._make_exit(ExitReason.EXCEPTION_OR_NMI, rip, instruction_length=length,
+                                   interruption=info, detail=f"vector {vector}"))
+
+    def _int1(self, insn: Instruction) -> None:
+        """INT1/ICEBP (F1), which Unicorn reports as an invalid opcode: a privileged software
+        exception, vector 1, delivered after the instruction (SDM Vol. 3 24.8.3, Vol. 2 INT1)."""
+        kind = EventType.PRIVILEGED_SOFTWARE_EXCEPTION
+        if self.intercepts.exception_exits(1, None):
+            self._software_exception_exit(1, kind, insn.address, insn.size)
+            return
+        self.vcpu.rip = insn.next_address
+        self.vcpu.retire_emulated()
+        self._pending_event = (Event(1, kind), insn.next_address)
 
     def _on_translation_fault(self, stop: Stop) -> None:
         fault = stop.fault
@@ -487,6 +529,9 @@ class VmxCpu:
 
     def _on_invalid_opcode(self, stop: Stop) -> None:
         insn = self.vcpu.decode_at()
+        if insn is not None and insn.id == C.X86_INS_INT1:
+            self._int1(insn)
+            return
         reason = VMX_INSTRUCTION_EXITS.get(insn.id) if insn is not None else None
         if reason is None or insn is None:
             self.raise_exception(6)

@@ -116,11 +116,12 @@ class LiveGuestState:
     def interruptibility(self) -> int:
         """QEMU keeps one flag for STI and MOV-SS blocking; IF tells which it must be (STI sets IF)."""
         context = self.vcpu.context.load()
+        nmi = BLOCKING_BY_NMI if context.nmi_blocked else 0
         if not context.hflags & HF_INHIBIT_IRQ:
-            return 0
+            return nmi
         if self.vcpu.read(U.UC_X86_REG_RFLAGS) & RFLAGS_IF:
-            return BLOCKING_BY_STI
-        return BLOCKING_BY_MOV_SS
+            return nmi | BLOCKING_BY_STI
+        return nmi | BLOCKING_BY_MOV_SS
 
     def _write_interruptibility(self, value: int) -> None:
         context = self.vcpu.context.load()
@@ -128,6 +129,7 @@ class LiveGuestState:
             context.set_interrupt_shadow()
         else:
             context.clear_interrupt_shadow()
+        context.set_nmi_blocked(bool(value & BLOCKING_BY_NMI))
         context.store()
 
     # --- segments -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ SYSENTER) are completed here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import capstone.x86_const as C
@@ -145,7 +146,9 @@ def _mov_to_cr(cpu: "VmxCpu", insn: Instruction, cr: int, source: int) -> None:
         qualification = _cr_qualification(cr, CrAccessType.MOV_TO_CR, source)
         cpu.exit_instruction(ExitReason.CR_ACCESS, insn, qualification, detail=f"mov to cr{cr}")
     elif cr == 8:
-        cpu.vcpu.tpr = value & 0xF
+        if value >> 4:
+            raise GuestException(GP, 0)   # CR8 bits 63:4 are reserved (SDM Vol. 2 MOV CR)
+        cpu.vcpu.tpr = value
         cpu.complete(insn)
 
 
@@ -263,8 +266,35 @@ def _always(reason: ExitReason) -> Callable[["VmxCpu", Instruction], None]:
 
 
 def pause(cpu: "VmxCpu", insn: Instruction) -> None:
-    if PrimaryProcessorControls.PAUSE_EXITING in cpu.intercepts.primary:
+    """PAUSE exiting makes every PAUSE exit; otherwise PAUSE-loop exiting watches PAUSEs at
+    CPL 0 and exits once a loop of them has spun longer than PLE_Window (SDM 25.1.3)."""
+    intercepts = cpu.intercepts
+    if PrimaryProcessorControls.PAUSE_EXITING in intercepts.primary:
         cpu.exit_instruction(ExitReason.PAUSE, insn, detail="pause")
+    elif (SecondaryProcessorControls.PAUSE_LOOP_EXITING in intercepts.secondary
+          and cpu.vcpu.context.load().cpl == 0
+          and cpu.pause_loop.exits(cpu.tsc.read(), intercepts.ple_gap, intercepts.ple_window)):
+        cpu.exit_instruction(ExitReason.PAUSE, insn, detail="pause loop")
+
+
+@dataclass
+class PauseLoop:
+    """PAUSE-loop exiting's bookkeeping, in TSC ticks (SDM 25.1.3): a PAUSE more than PLE_Gap
+    after the previous one (or the first since VM entry) starts a loop; a PAUSE more than
+    PLE_Window after the loop's start exits."""
+
+    last: int | None = None
+    loop_start: int = 0
+
+    def exits(self, now: int, gap: int, window: int) -> bool:
+        if self.last is None or now - self.last > gap:
+            self.loop_start = now
+        self.last = now
+        return now - self.loop_start > window
+
+    def forget(self) -> None:
+        """A VM entry: the next PAUSE is the first of a loop."""
+        self.last = None
 
 
 def cpuid(cpu: "VmxCpu", insn: Instruction) -> None:

@@ -42,6 +42,8 @@ class Intercepts:
     io_bitmap_a: bytes | memoryview
     io_bitmap_b: bytes | memoryview
     msr_bitmap: bytes | memoryview
+    ple_gap: int = 0
+    ple_window: int = 0
 
     def __post_init__(self) -> None:
         # IntFlag membership tests cost about a microsecond each; the hot ones are kept as bools.
@@ -70,6 +72,8 @@ class Intercepts:
             io_bitmap_a=_bitmap(vmcs, F.IO_BITMAP_A, P.USE_IO_BITMAPS in primary, host_page),
             io_bitmap_b=_bitmap(vmcs, F.IO_BITMAP_B, P.USE_IO_BITMAPS in primary, host_page),
             msr_bitmap=_bitmap(vmcs, F.MSR_BITMAP, P.USE_MSR_BITMAPS in primary, host_page),
+            ple_gap=vmcs.read(F.PLE_GAP) if S.PAUSE_LOOP_EXITING in secondary else 0,
+            ple_window=vmcs.read(F.PLE_WINDOW) if S.PAUSE_LOOP_EXITING in secondary else 0,
         )
 
     # --- I/O and MSRs (25.1.3) ------------------------------------------------------------

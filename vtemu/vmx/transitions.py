@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vtemu.machine.delivery import Event, EventType, TripleFault, deliver
+from vtemu.machine.delivery import Event, EventType, InterceptedFault, TripleFault, deliver
 from vtemu.machine.translation import TranslationFault
 from vtemu.machine.cpustate import HF_LMA
-from vtemu.vmx.controls import EntryControls
+from vtemu.vmx.controls import EntryControls, ExitControls
 from vtemu.vmx.entry_checks import check_controls, check_guest_state
 from vtemu.vmx.exit import ExitDecision, VmExit
 from vtemu.vmx.fields import VmcsField as F
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 _IA32E_MODE_GUEST = int(EntryControls.IA32E_MODE_GUEST)
+_SAVE_PREEMPTION_TIMER = ExitControls.SAVE_PREEMPTION_TIMER
 
 
 class VmEntryFailed(Exception):
@@ -45,6 +46,10 @@ def vm_exit(cpu: "VmxCpu", exit: VmExit) -> ExitDecision:
     #      entry control, so a guest that switched to long mode re-enters in long mode.
     if cpu.caps.stores_lma:
         _store_lma(cpu)
+    # 27.3.4 Saving non-register state: with "save VMX-preemption timer value" the timer's
+    #      current value goes back to its field (0 when its expiry caused the exit).
+    if cpu.intercepts.exit_controls & _SAVE_PREEMPTION_TIMER:
+        vmcs.cpu_write(F.VMX_PREEMPTION_TIMER_VALUE, cpu.preemption_timer_left())
     # 27.4 Saving MSRs: vtemu offers no MSR-store area (entry checks keep the count at 0).
     # 27.5 Loading host state, 27.6 loading host MSRs: the hypervisor is Python code, so
     #      there is no host CPU state to load; control simply passes to it.
@@ -127,15 +132,24 @@ def _inject(cpu: "VmxCpu") -> VmExit | None:
 def deliver_event(cpu: "VmxCpu", event: Event, return_rip: int,
                   vectoring: InterruptionInfo | None = None, error: int | None = None
                   ) -> VmExit | None:
-    """Deliver through the guest IDT; a triple fault or an EPT fault during delivery exits."""
+    """Deliver through the guest IDT. A triple fault, an EPT fault, or a fault the exception
+    bitmap selects during delivery exits, with the event in the IDT-vectoring fields."""
+    def exits(nested: Event) -> bool:
+        return cpu.intercepts.exception_exits(nested.vector, nested.error_code)
     try:
-        deliver(cpu.vcpu, event, return_rip)
+        deliver(cpu.vcpu, event, return_rip, exits)
     except TripleFault:
         return VmExit(ExitReason.TRIPLE_FAULT, cpu.vcpu.rip, detail=f"while delivering vector {event.vector}")
     except TranslationFault as fault:
         exit = cpu.translation_exit(fault, fault_address=None)
         vectoring = vectoring or _as_interruption(event)
         return _with_vectoring(exit, vectoring, error if error is not None else event.error_code)
+    except InterceptedFault as fault:
+        exit = cpu.exception_exit(fault.event.vector, fault.event.error_code, fault.cr2, cpu.vcpu.rip)
+        if fault.delivering is event:
+            return _with_vectoring(exit, vectoring or _as_interruption(event),
+                                   error if error is not None else event.error_code)
+        return _with_vectoring(exit, _as_interruption(fault.delivering), fault.delivering.error_code)
     return None
 
 

@@ -166,10 +166,6 @@ def test_io_exit_information_fields(rig: Rig) -> None:
     ]
 
 
-@pytest.mark.xfail(reason="vtemu bug: vtemu reports IA32_VMX_BASIC[54] = 1 but INS/OUTS exits store "
-                          "no VM-exit instruction information (address size, segment; Table 27-8) "
-                          "and no guest-linear address of the memory operand (SDM 27.2.1)",
-                   strict=True)
 def test_outs_exit_reports_instruction_information_and_the_linear_address(rig: Rig) -> None:
     from vtemu.vmx.qualifications import AddressSize, InsOutsInfo, SegmentRegister
     assert rig.cpu.caps.ins_outs_info
@@ -219,10 +215,6 @@ def test_descriptor_table_exit_information(rig: Rig) -> None:
     assert rig.vcpu.engine.uc.reg_read(U.UC_X86_REG_IDTR)[1:3] == (0x2000, 0x7FF)
 
 
-@pytest.mark.xfail(reason="vtemu bug: VmExit.instructions is the vCPU's count at the start of the "
-                          "slice, so exits handled inline in the middle of a counted slice record "
-                          "a stale count (0 here) instead of the instructions retired before them",
-                   strict=True)
 def test_exits_record_the_instructions_retired_before_them(rig: Rig) -> None:
     rig.partition.clock.schedule(1 << 50, lambda: None)     # guest time is live: slices count
     run(rig, f"nop; nop; nop; out {MARK:#x}, al; nop; nop; out {MARK:#x}, al; hlt")
@@ -270,10 +262,6 @@ def test_mov_to_cr8_is_the_tpr_and_exits_with_cr8_load_exiting() -> None:
     assert [e.guest_rip for e in _exits(rig, ExitReason.CR_ACCESS)] == [CODE + 5, CODE + 9]
 
 
-@pytest.mark.xfail(reason="vtemu bug: with CR8-load exiting off, MOV to CR8 of a value with "
-                          "bits 63:4 set is masked into the TPR instead of raising #GP(0) (SDM "
-                          "Vol. 2 MOV CR); the CR-access handler does raise it, so the guest can "
-                          "tell whether CR8 exiting is on", strict=True)
 def test_mov_to_cr8_reserved_bits_fault_without_cr8_exiting() -> None:
     rig = Rig()
     rig.long_mode()
@@ -299,6 +287,27 @@ def test_mov_cr8_without_cr8_exiting_reads_and_writes_the_tpr() -> None:
 
 def _pf_guest(rig: Rig) -> None:
     _handler(rig, 14, f"pop eax; mov [{RESULT:#x}], eax; mov eax, cr2; mov [{RESULT + 4:#x}], eax; hlt")
+
+
+def test_string_io_let_through_by_the_bitmap_faults_natively_mid_instruction() -> None:
+    """REP OUTSB on a clear bitmap bit runs without an exit; its #PF on the missing page is
+    the processor's own: delivered to the guest handler with CR2 at the faulting element, no
+    stale injection left behind, and the completed iterations retired."""
+    rig = Rig()
+    rig.paging32(missing=(0x50000,))
+    device = RecordingPortDevice()
+    rig.partition.ports.attach("dummy", 0x500, 1, device)
+    rig.cpu.vmcs.write(F.IO_BITMAP_A, _bitmap_page(rig))
+    rig.cpu.vmcs.write(F.IO_BITMAP_B, _bitmap_page(rig))
+    rig.poke(0x4FFFE, b"ok")
+    _pf_guest(rig)
+    rig.set(rsi=0x4FFFE, rcx=4, rdx=0x500)
+    run(rig, "rep outsb; hlt")
+    assert ExitReason.IO_INSTRUCTION not in _reasons(rig)
+    assert [value for _, _, value in device.writes] == [ord("o"), ord("k")]
+    assert (rig.u32(RESULT), rig.u32(RESULT + 4)) == (0x0, 0x50000)
+    assert (rig.get("rsi"), rig.get("rcx")) == (0x50000, 2)
+    assert not rig.cpu.vmcs.read(F.VM_ENTRY_INTR_INFO_FIELD) >> 31
 
 
 @pytest.mark.parametrize(("bit14", "write", "exits"), [
@@ -348,9 +357,16 @@ def test_int_n_never_consults_the_exception_bitmap_but_into_does(rig: Rig) -> No
     assert (rig.u32(RESULT), rig.u32(RESULT + 4)) == (CODE + 2, CODE + 7)
 
 
-@pytest.mark.xfail(reason="vtemu bug: INT1/ICEBP (F1) reaches the guest as #UD: Unicorn reports it "
-                          "as an invalid opcode and _on_invalid_opcode does not turn it into the "
-                          "privileged software exception #DB it is (vector 1, type 5)", strict=True)
+def test_int1_exits_as_a_privileged_software_exception_with_bit_1_set(rig: Rig) -> None:
+    rig.cpu.vmcs.write(F.EXCEPTION_BITMAP, 1 << 1)
+    _handler(rig, 1, f"mov eax, [esp]; mov [{RESULT:#x}], eax; hlt")
+    run(rig, "nop; int1; hlt")
+    db = _exits(rig, ExitReason.EXCEPTION_OR_NMI)
+    assert len(db) == 1 and db[0].guest_rip == CODE + 1 and db[0].instruction_length == 1
+    assert db[0].interruption == InterruptionInfo(1, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION)
+    assert rig.u32(RESULT) == CODE + 2        # the hypervisor reflected it: return after INT1
+
+
 def test_int1_is_a_debug_exception_not_an_invalid_opcode(rig: Rig) -> None:
     _handler(rig, 1, f"mov eax, [esp]; mov [{RESULT:#x}], eax; hlt")
     _handler(rig, 6, f"mov eax, [esp]; mov [{RESULT + 4:#x}], eax; hlt")
@@ -359,10 +375,6 @@ def test_int1_is_a_debug_exception_not_an_invalid_opcode(rig: Rig) -> None:
     assert (rig.u32(RESULT), rig.u32(RESULT + 4)) == (CODE + 2, 0xFFFF_FFFF)
 
 
-@pytest.mark.xfail(reason="vtemu bug: a fault while delivering an event (here #NP for a not-present "
-                          "gate while injecting vector 40h) never consults the exception bitmap: "
-                          "it is delivered to the guest instead of exiting with the event in the "
-                          "IDT-vectoring information (SDM 25.2, 27.2.4)", strict=True)
 def test_fault_during_event_delivery_exits_with_idt_vectoring_information(rig: Rig) -> None:
     rig.cpu.vmcs.write(F.EXCEPTION_BITMAP, 1 << 11)
     _handler(rig, 11, f"pop eax; mov [{RESULT:#x}], eax; hlt")
@@ -518,10 +530,6 @@ def test_preemption_timer_re_arms_at_every_entry(rig: Rig) -> None:
     assert len(timer) == (2 + 2 * 200) // 128
 
 
-@pytest.mark.xfail(reason="vtemu bug: vtemu offers the \"save VMX-preemption timer value\" exit "
-                          "control (IA32_VMX_TRUE_EXIT_CTLS) but never saves the timer: the field "
-                          "keeps its original value at exits, and is not 0 after the timer exit "
-                          "(SDM 27.3.4)", strict=True)
 def test_save_preemption_timer_value_at_exits(rig: Rig) -> None:
     _set_control(rig, F.PIN_BASED_VM_EXEC_CONTROL, Pin.ACTIVATE_PREEMPTION_TIMER)
     _set_control(rig, F.VM_EXIT_CONTROLS, ExitControls.SAVE_PREEMPTION_TIMER)
@@ -532,7 +540,9 @@ def test_save_preemption_timer_value_at_exits(rig: Rig) -> None:
 
     def timer(exit, cpu, partition):  # type: ignore[no-untyped-def]
         at_timer.append(cpu.vmcs.read(F.VMX_PREEMPTION_TIMER_VALUE))
+        # SDM 26.2.1.2: saving the timer requires the timer, so both go off together.
         _set_control(rig, F.PIN_BASED_VM_EXEC_CONTROL, Pin.ACTIVATE_PREEMPTION_TIMER, on=False)
+        _set_control(rig, F.VM_EXIT_CONTROLS, ExitControls.SAVE_PREEMPTION_TIMER, on=False)
         return RESUME
     rig.partition.handlers[ExitReason.PREEMPTION_TIMER] = timer
     run(rig, f"mov ecx, 50; l: dec ecx; jnz l; out {MARK:#x}, al; mov ecx, 500; m: dec ecx; jnz m; hlt")
@@ -540,20 +550,19 @@ def test_save_preemption_timer_value_at_exits(rig: Rig) -> None:
     assert at_timer == [0]
 
 
-@pytest.mark.xfail(reason="vtemu bug: vtemu offers PAUSE-loop exiting (secondary control bit 10) "
-                          "and plants PAUSE sites for it, but PAUSE exits only with PAUSE exiting: "
-                          "a PAUSE loop longer than PLE_Window never exits (SDM 25.1.3)", strict=True)
 def test_pause_loop_exiting(rig: Rig) -> None:
     _set_control(rig, F.SECONDARY_VM_EXEC_CONTROL, S.PAUSE_LOOP_EXITING)
     rig.cpu.vmcs.write(F.PLE_GAP, 128)
     rig.cpu.vmcs.write(F.PLE_WINDOW, 4096)
     run(rig, "mov ecx, 10000; l: pause; dec ecx; jnz l; hlt")
-    assert ExitReason.PAUSE in _reasons(rig)
+    # 3 instructions (3 TSC ticks) per iteration: each PAUSE is within PLE_Gap of the last,
+    # so the loop exits at the PAUSE 1366 iterations (> 4096 ticks) after the loop's first;
+    # the exit ends the loop, and the next PAUSE starts a new one. (Counting starts at the
+    # first PAUSE, which reads the TSC: the MOV before it ran while guest time stood still.)
+    pauses = _exits(rig, ExitReason.PAUSE)
+    assert [exit.instructions for exit in pauses] == [3 * (1366 + 1367 * n) for n in range(7)]
 
 
-@pytest.mark.xfail(reason="vtemu bug: vtemu offers NMI-window exiting and virtual NMIs, but with no "
-                          "virtual-NMI blocking no NMI-window exit (8) happens before the first "
-                          "instruction (SDM 26.7.6)", strict=True)
 def test_nmi_window_exiting_without_virtual_nmi_blocking(rig: Rig) -> None:
     _set_control(rig, F.PIN_BASED_VM_EXEC_CONTROL, Pin.NMI_EXITING | Pin.VIRTUAL_NMIS)
     _set_control(rig, F.CPU_BASED_VM_EXEC_CONTROL, P.NMI_WINDOW_EXITING)
@@ -562,6 +571,29 @@ def test_nmi_window_exiting_without_virtual_nmi_blocking(rig: Rig) -> None:
     run(rig, "nop; hlt")
     first = rig.outcomes[0][0]
     assert (first.reason, first.guest_rip) == (ExitReason.NMI_WINDOW, CODE)
+
+
+def test_injected_nmi_blocks_until_iret_then_the_nmi_window_opens(rig: Rig) -> None:
+    """With virtual NMIs an injected NMI sets blocking by NMI (interruptibility bit 3) until
+    the handler's IRET; NMI-window exiting then exits at the first instruction after it."""
+    _set_control(rig, F.PIN_BASED_VM_EXEC_CONTROL, Pin.NMI_EXITING | Pin.VIRTUAL_NMIS)
+    _handler(rig, 2, f"mov dword ptr [{RESULT:#x}], 1; out {MARK:#x}, al; iretd")
+    blocking: list[int] = []
+
+    def at_mark(exit: VmExit) -> None:
+        blocking.append(rig.cpu.vmcs.read(F.GUEST_INTERRUPTIBILITY_INFO) & 0x8)
+        if len(blocking) == 1:
+            rig.cpu.inject(InterruptionInfo.nmi())
+            _set_control(rig, F.CPU_BASED_VM_EXEC_CONTROL, P.NMI_WINDOW_EXITING)
+    _on_mark(rig, at_mark)
+    rig.partition.handlers[ExitReason.NMI_WINDOW] = lambda exit, cpu, part: (
+        _set_control(rig, F.CPU_BASED_VM_EXEC_CONTROL, P.NMI_WINDOW_EXITING, on=False) or RESUME)
+    run(rig, f"out {MARK:#x}, al; nop; hlt")
+    assert blocking == [0, 0x8]                       # in the NMI handler: blocked
+    window = _exits(rig, ExitReason.NMI_WINDOW)
+    assert [exit.guest_rip for exit in window] == [CODE + 2]     # right after the IRET
+    assert rig.u32(RESULT) == 1
+    assert not rig.cpu.vmcs.read(F.GUEST_INTERRUPTIBILITY_INFO) & 0x8
 
 
 # --- VM entry --------------------------------------------------------------------------------
