@@ -11,13 +11,8 @@
 .include "multiboot.inc"
 .include "serial.inc"
 .include "x86.inc"
+.include "pm32.inc"
 
-.equ CODE_SEL, 0x08
-.equ DATA_SEL, 0x10
-.equ PIC1_CMD, 0x20
-.equ PIC1_DATA, 0x21
-.equ PIC2_CMD, 0xA0
-.equ PIC2_DATA, 0xA1
 .equ IRQ_BASE, 0x20
 .equ COM1_IRQ_VECTOR, IRQ_BASE + 4
 .equ COM1_IER, COM1 + 1
@@ -28,51 +23,12 @@
 
 .code32
 _start:
-    cli
-    LGDT32 gdt_desc
-    LJMP32 CODE_SEL, reload_cs
-reload_cs:
-    mov ax, DATA_SEL
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov fs, ax
-    mov gs, ax
-    mov esp, stack_top
+    PM32_ENTER
     SERIAL_INIT
     PUTS msg_start
-
-    xor ebx, ebx
-fill_idt:
-    mov eax, unexpected
-    call set_gate
-    inc ebx
-    cmp ebx, 256
-    jb fill_idt
-    mov ebx, COM1_IRQ_VECTOR
-    mov eax, com1_handler
-    call set_gate
-    LIDT32 idt_desc
-
-    # 8259 pair as in tick.S, but only IRQ 4 unmasked
-    mov al, 0x11
-    out PIC1_CMD, al
-    out PIC2_CMD, al
-    mov al, IRQ_BASE
-    out PIC1_DATA, al
-    mov al, IRQ_BASE + 8
-    out PIC2_DATA, al
-    mov al, 0x04
-    out PIC1_DATA, al
-    mov al, 0x02
-    out PIC2_DATA, al
-    mov al, 0x01
-    out PIC1_DATA, al
-    out PIC2_DATA, al
-    mov al, 0xEF
-    out PIC1_DATA, al
-    mov al, 0xFF
-    out PIC2_DATA, al
+    PM32_IDT_FILL unexpected
+    PM32_GATE COM1_IRQ_VECTOR, com1_handler
+    PIC_REMAP IRQ_BASE, 0xEF, 0xFF          # only IRQ 4 unmasked
 
     mov dword ptr [ring_head], 0
     mov dword ptr [ring_tail], 0
@@ -152,16 +108,6 @@ finished:
     out dx, eax
     hlt
 
-# set_gate: IDT entry EBX := 32-bit interrupt gate to EAX (clobbers eax, edx)
-set_gate:
-    lea edx, [idt + ebx * 8]
-    mov word ptr [edx], ax
-    mov word ptr [edx + 2], CODE_SEL
-    mov word ptr [edx + 4], 0x8E00
-    shr eax, 16
-    mov word ptr [edx + 6], ax
-    ret
-
 # IRQ 4: move every received byte into the ring, then a non-specific EOI
 com1_handler:
     push eax
@@ -181,8 +127,7 @@ drain:
     mov [ring_tail], ebx
     jmp drain
 drained:
-    mov al, 0x20
-    out PIC1_CMD, al
+    PIC_EOI
     pop edx
     pop ebx
     pop eax
@@ -193,23 +138,8 @@ unexpected:
     EXIT 3
 
 SERIAL_ROUTINES
-
-    .balign 8
-gdt:
-    .quad 0
-    .quad 0x00CF9B000000FFFF     # 0x08 code: base 0, 4 GiB, 32-bit, accessed
-    .quad 0x00CF93000000FFFF     # 0x10 data, accessed
-gdt_end:
-    .balign 4
-    .word 0
-gdt_desc:
-    .word gdt_end - gdt - 1
-    .long gdt
-    .balign 4
-    .word 0
-idt_desc:
-    .word 256 * 8 - 1
-    .long idt
+PM32_ROUTINES
+PM32_TABLES
 
 msg_start:
     .ascii "echo: type lines, \"quit\" ends\n"

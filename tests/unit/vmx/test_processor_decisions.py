@@ -333,14 +333,19 @@ def test_page_fault_mask_and_match_on_a_running_guest(bit14: bool, write: bool, 
     assert (rig.u32(RESULT), rig.u32(RESULT + 4)) == (0x2 if write else 0x0, 0x50010)
 
 
-def test_int3_exit_is_reflected_with_the_instruction_length(rig: Rig) -> None:
-    rig.cpu.vmcs.write(F.EXCEPTION_BITMAP, 1 << 3)
-    _handler(rig, 3, f"mov eax, [esp]; mov [{RESULT:#x}], eax; hlt")
-    run(rig, "nop; int3; nop; hlt")
-    bp = _exits(rig, ExitReason.EXCEPTION_OR_NMI)
-    assert len(bp) == 1 and bp[0].guest_rip == CODE + 1 and bp[0].instruction_length == 1
-    assert bp[0].interruption == InterruptionInfo(3, InterruptionType.SOFTWARE_EXCEPTION)
-    assert rig.u32(RESULT) == CODE + 2                # the return address is after INT3
+@pytest.mark.parametrize(("vector", "code", "kind"), [
+    (3, "int3", InterruptionType.SOFTWARE_EXCEPTION),
+    (1, "int1", InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION),
+])
+def test_one_byte_software_exception_exits_with_its_length_and_is_reflected(
+        rig: Rig, vector: int, code: str, kind: InterruptionType) -> None:
+    rig.cpu.vmcs.write(F.EXCEPTION_BITMAP, 1 << vector)
+    _handler(rig, vector, f"mov eax, [esp]; mov [{RESULT:#x}], eax; hlt")
+    run(rig, f"nop; {code}; nop; hlt")
+    exits = _exits(rig, ExitReason.EXCEPTION_OR_NMI)
+    assert len(exits) == 1 and exits[0].guest_rip == CODE + 1 and exits[0].instruction_length == 1
+    assert exits[0].interruption == InterruptionInfo(vector, kind)
+    assert rig.u32(RESULT) == CODE + 2                # reflected: the return address is after it
 
 
 def test_int_n_never_consults_the_exception_bitmap_but_into_does(rig: Rig) -> None:
@@ -355,16 +360,6 @@ def test_int_n_never_consults_the_exception_bitmap_but_into_does(rig: Rig) -> No
     assert len(exits) == 1 and exits[0].guest_rip == CODE + 6 and exits[0].instruction_length == 1
     assert exits[0].interruption == InterruptionInfo(4, InterruptionType.SOFTWARE_EXCEPTION)
     assert (rig.u32(RESULT), rig.u32(RESULT + 4)) == (CODE + 2, CODE + 7)
-
-
-def test_int1_exits_as_a_privileged_software_exception_with_bit_1_set(rig: Rig) -> None:
-    rig.cpu.vmcs.write(F.EXCEPTION_BITMAP, 1 << 1)
-    _handler(rig, 1, f"mov eax, [esp]; mov [{RESULT:#x}], eax; hlt")
-    run(rig, "nop; int1; hlt")
-    db = _exits(rig, ExitReason.EXCEPTION_OR_NMI)
-    assert len(db) == 1 and db[0].guest_rip == CODE + 1 and db[0].instruction_length == 1
-    assert db[0].interruption == InterruptionInfo(1, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION)
-    assert rig.u32(RESULT) == CODE + 2        # the hypervisor reflected it: return after INT1
 
 
 def test_int1_is_a_debug_exception_not_an_invalid_opcode(rig: Rig) -> None:
