@@ -52,15 +52,7 @@ long_mode:
     PUTS msg_start
 
     # IDT: everything to `unexpected`, then the handlers under test
-    xor ebx, ebx
-fill_idt:
-    mov edi, ebx
-    mov eax, unexpected
-    mov edx, GATE_INTERRUPT
-    call idt_set_gate
-    inc ebx
-    cmp ebx, 256
-    jb fill_idt
+    IDT64_FILL unexpected
     SET_GATE 0, de_stub, GATE_INTERRUPT
     SET_GATE 3, bp_stub, GATE_INTERRUPT
     SET_GATE 6, ud_stub, GATE_INTERRUPT

@@ -25,15 +25,7 @@ _start:
 long_mode:
     mov rsp, stack_top
     PUTS msg_start
-    xor ebx, ebx
-fill_idt:
-    mov edi, ebx
-    mov eax, unexpected
-    mov edx, GATE_INTERRUPT
-    call idt_set_gate
-    inc ebx
-    cmp ebx, 256
-    jb fill_idt
+    IDT64_FILL unexpected
     SET_GATE 13, gp_handler, GATE_INTERRUPT
     call idt_load
 

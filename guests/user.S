@@ -43,15 +43,7 @@ _start:
 kernel_main:
     mov rsp, stack_top
     PUTS msg_start
-    xor ebx, ebx
-fill_idt:
-    mov edi, ebx
-    mov eax, unexpected
-    mov edx, GATE_INTERRUPT
-    call idt_set_gate
-    inc ebx
-    cmp ebx, 256
-    jb fill_idt
+    IDT64_FILL unexpected
     SET_GATE 13, gp_handler, GATE_INTERRUPT
     SET_GATE 0x80, int80_handler, GATE_INTERRUPT_USER
     call idt_load
