@@ -39,6 +39,7 @@ from keystone import (
 
 from vtemu.asm.directives import expected_data_size
 from vtemu.asm.lexer import SYMBOL_RE, first_word, split_top_level, symbol_definition
+from vtemu.asm.operands import parse_instruction
 from vtemu.asm.preprocess import RESERVED_PREFIX, PreprocessedSource
 from vtemu.asm.registers import OPERAND_KEYWORDS, REGISTERS
 from vtemu.asm.source import CodeMode, Statement, StatementKind
@@ -202,8 +203,10 @@ class _Program:
 
 
 def _keystone_text(statement: Statement, base: int) -> str:
-    """The statement as Keystone must see it (only `.org` differs, see the module docstring)."""
+    """The statement as Keystone must see it (`.org` and some immediates differ, see below)."""
     word, rest = first_word(statement.text)
+    if statement.kind is StatementKind.INSTRUCTION:
+        return _unambiguous_immediates(statement.text)
     if word.lower() != ".org":
         return statement.text
     operands = split_top_level(rest, ",")
@@ -212,6 +215,32 @@ def _keystone_text(statement: Statement, base: int) -> str:
         raise statement.error(f".org takes an offset from the image base {base:#x} (GAS "
                               f"semantics), not an address: write .org {int(target, 0) - base:#x}")
     return ".org " + ", ".join([f"{base:#x} + ({target})", *operands[1:]])
+
+
+_SYMBOL_IN = re.compile(r"[A-Za-z_.$][\w.$@]*")
+_BRANCHES = re.compile(r"j\w+|call|loop\w*|jmp|xbegin")
+
+
+def _unambiguous_immediates(text: str) -> str:
+    """Keystone reads an immediate expression that starts with a number or a unary operator
+    and names a symbol (`0x200000 + FLAGS`, `-1 - MASK`, `~BIT`) as a memory operand holding
+    only part of it; `+(expression)` it reads as the immediate the source means."""
+    source = parse_instruction(text)
+    if _BRANCHES.fullmatch(source.mnemonic):
+        return text
+    operands = list(source.operands)
+    changed = False
+    for index, expression in enumerate(source.value_operands):
+        if expression is None or not _SYMBOL_IN.search(expression):
+            continue
+        if _SYMBOL_IN.fullmatch(expression) or expression.startswith("+("):
+            continue
+        operands[index] = operands[index].replace(expression, f"+({expression})")
+        changed = True
+    if not changed:
+        return text
+    head = " ".join((*source.prefixes, source.mnemonic))
+    return f"{head} {', '.join(operands)}"
 
 
 def _placeholders(statements: Sequence[Statement]) -> list[str]:

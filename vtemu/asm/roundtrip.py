@@ -17,7 +17,9 @@ This check runs on every image vtemu builds and turns each misencoding into a on
 7. address size: no 0x67 prefix the source did not ask for (16-bit code gets one for
    `lgdt [label - BASE]`);
 8. values: immediates (which must fit their operand: Keystone truncates `mov ax, 0x12345`)
-   and direct branch targets must be the values the source names.
+   and direct branch targets must be the values the source names;
+9. operand kinds: no memory operand the source did not write (Keystone reads
+   `mov rax, -1 - NAME` as a load).
 Data statements (.byte, .long, .ascii, .fill, .balign, .org, ...) are not decoded.
 """
 
@@ -161,8 +163,23 @@ def _scale_workaround(registers: tuple[str, ...], factor: str, scale: int, is_re
     return f"a register index with the scale, e.g. [{factor} + reg*{scale}]"
 
 
+def _check_operand_kinds(d: Decoded) -> Misencoding | None:
+    """No memory operand where the source wrote none: Keystone turns `mov rax, -1 - NAME` (a
+    negated or subtracted symbol) into a load from an address made of part of it."""
+    if not d.source.operands:
+        return None     # string instructions and the like: their memory operands are implicit
+    decoded = sum(1 for op in d.insn.operands if op.type == X86_OP_MEM)
+    written = len(d.source.memory)
+    if decoded <= written:
+        return None
+    shown = f"{d.insn.mnemonic} {d.insn.op_str}".strip()
+    return Misencoding(f"it decodes as `{shown}`, with a memory operand the source does not have",
+                       "the value as one .equ constant (`.equ MASK, -1 - NAME` then `MASK`)")
+
+
 _CHECKS: tuple[Callable[[Decoded], Misencoding | None], ...] = (
     _check_mnemonic,
+    _check_operand_kinds,
     _check_operand_size,
     _check_far_pointer,
     _check_scale,
