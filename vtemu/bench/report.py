@@ -35,3 +35,27 @@ def print_exit_cost(report: "ExitCostReport", stream: TextIO) -> None:
                  f"{t['counted_ratio_vs_raw']:.3f}", "")
     console.print(free)
     console.print(f"VM exits inside the exit-free loop: {t['exits_in_loop']}")
+
+
+def print_paging(runs: list, stream: TextIO) -> None:
+    """EPT against shadow paging per guest: time, exits and where each scheme pays."""
+    console = Console(file=stream, highlight=False, width=None if stream.isatty() else 132)
+    table = Table(title="Nested (EPT) vs shadow paging, measured in one run (walks: the processor's "
+                        "TLB-miss walks plus the hypervisor's walks of guest tables)", title_justify="left")
+    for column in ("guest", "paging", "median s", "exits", "#PF exits", "hidden", "true #PF",
+                   "PT writes", "CR3 loads (hits)", "INVLPG", "TLB fills", "walks", "refs/walk"):
+        table.add_column(column, justify="left" if column in ("guest", "paging") else "right")
+    for run in runs:
+        c = run.counters
+        walks = c.get("walks", 0)
+        table.add_row(run.guest, run.scheme, f"{run.median_s:.3f}", str(sum(run.exits.values())),
+                      str(run.exits.get("EXCEPTION_OR_NMI", 0)), _count(c, "hidden_faults"),
+                      _count(c, "true_faults"), _count(c, "table_writes"),
+                      f"{c['shadow_cr3_loads']} ({c['shadow_root_hits']})" if "shadow_cr3_loads" in c else "-",
+                      _count(c, "invlpg_exits"), str(c.get("tlb_fills", 0)), str(walks),
+                      f"{c.get('walk_references', 0) / walks:.1f}" if walks else "-")
+    console.print(table)
+
+
+def _count(counters: dict, name: str) -> str:
+    return str(counters[name]) if name in counters else "-"

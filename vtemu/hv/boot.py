@@ -22,5 +22,6 @@ def build_partitions(specs: list[PartitionSpec], firmware: bytes,
         partition = Partition(index, spec, host, rom, console_for(index, spec))
         for cpu in partition.vcpus:
             MODES[spec.mode](cpu, partition)
+            partition.paging.configure(cpu)
         partitions.append(partition)
     return partitions

@@ -33,6 +33,9 @@ LEAF7_EBX_KEEP = (1 << 3) | (1 << 8) | (1 << 9)
 # CPUID.80000001H: ECX LAHF/SAHF, ABM/LZCNT; EDX SYSCALL, NX, 1-GiB pages, RDTSCP, LM.
 EXT1_ECX_KEEP = (1 << 0) | (1 << 5)
 EXT1_EDX_KEEP = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)
+# 1-GiB pages (bit 26) are advertised whatever Unicorn's model says: vtemu's page walk
+# implements them (mmu/paging.py), and a guest must be able to know it may use them.
+EXT1_EDX_PAGE1GB = 1 << 26
 
 
 def _text(data: bytes) -> tuple[int, ...]:
@@ -59,7 +62,7 @@ class CpuidPolicy:
             return (0x80000008, 0, 0, 0)
         if leaf == 0x80000001:
             native = native_cpuid(leaf)
-            return (0, 0, native[2] & EXT1_ECX_KEEP, native[3] & EXT1_EDX_KEEP)
+            return (0, 0, native[2] & EXT1_ECX_KEEP, native[3] & EXT1_EDX_KEEP | EXT1_EDX_PAGE1GB)
         if 0x80000002 <= leaf <= 0x80000004:
             brand = BRAND.ljust(48, b"\0")
             return _text(brand[(leaf - 0x80000002) * 16:][:16])  # type: ignore[return-value]

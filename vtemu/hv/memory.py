@@ -82,6 +82,10 @@ class PartitionMemory:
         self.private = self.host.add(HostRegion(f"partition {self.index} VMM-private", private_hpa,
                                                 layout.VMM_PRIVATE_SIZE))
         self.allocator = PageAllocator(self.private)
+        low_hpa = layout.VMM_LOW_HPA + self.index * layout.VMM_LOW_SIZE
+        self.low_private = self.host.add(HostRegion(f"partition {self.index} VMM-private (low)",
+                                                    low_hpa, layout.VMM_LOW_SIZE))
+        self.low_allocator = PageAllocator(self.low_private)
         self.ept = EptTables(self.host, self.allocator)
         self.ranges = ram_ranges(self.ram_size, ram_hpa) + rom_ranges()
         for piece in self.ranges:
@@ -93,6 +97,17 @@ class PartitionMemory:
             if piece.gpa <= gpa and gpa + length <= piece.gpa + piece.size:
                 return piece.hpa + (gpa - piece.gpa)
         return None
+
+    def hpa_to_gpa(self, hpa: int) -> int | None:
+        """The guest-physical address of a host address in this partition's RAM (ROM: None)."""
+        for piece in self.ranges:
+            if piece.perms & EptPerm.W and piece.hpa <= hpa < piece.hpa + piece.size:
+                return piece.gpa + (hpa - piece.hpa)
+        return None
+
+    def is_rom(self, gpa: int) -> bool:
+        return any(piece.gpa <= gpa < piece.gpa + piece.size and not piece.perms & EptPerm.W
+                   for piece in self.ranges)
 
     def read_gpa(self, gpa: int, length: int) -> bytes:
         hpa = self.gpa_to_hpa(gpa, length)

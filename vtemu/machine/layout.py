@@ -43,6 +43,10 @@ PARTITION_HPA_STRIDE = 0x4_0000_0000      # 16 GiB per partition
 ROM_HPA = 0x7F_0000_0000                  # one read-only firmware image shared by all partitions
 VMM_PRIVATE_HPA = 0x80_0000_0000          # EPT tables, shadow tables, translation caches
 VMM_PRIVATE_SIZE = 64 * MiB
+# PAE shadow roots must sit below 4 GiB (a PAE CR3 holds 32 bits, SDM 4.4.1): a small private
+# window per partition there, as KVM keeps its PAE roots in DMA32 memory.
+VMM_LOW_HPA = 0xC000_0000
+VMM_LOW_SIZE = 1 * MiB
 
 # --- I/O ports -------------------------------------------------------------------------------
 # 16550 UART COM1: ports 3F8h-3FFh, IRQ 4 (PC/AT convention; QEMU isa-serial index 0).

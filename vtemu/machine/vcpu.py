@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Callable, Protocol
 
 import unicorn
 import unicorn.x86_const as U
@@ -105,6 +105,8 @@ class VCpu:
         self.memory = memory
         self.clock = clock
         self.translator = translator
+        self.vmm_translator: Translator | None = None
+        self.write_observers: list[Callable[[int, int], None]] = []
         self.events: CpuEvents = events if events is not None else _NoEvents()
         self.decoder = Decoder()
         self.engine = Engine(_real_mode_engine())
@@ -219,14 +221,20 @@ class VCpu:
 
     # --- guest memory as the VMM sees it -------------------------------------------------
     def translate(self, linear: int, access: MemoryAccess, user: bool = False) -> int:
-        """Linear -> host-physical for a VMM-performed access; raises TranslationFault."""
-        fill = self._translate(self.paging_regs(), linear, access, user)
+        """Linear -> host-physical for a VMM-performed access; raises TranslationFault.
+
+        These go through `vmm_translator` when one is set: under shadow paging the hypervisor
+        reads and writes guest-linear memory through the guest's own tables, not through the
+        shadow the processor fills its TLB from (which may not hold the page yet)."""
+        translator = self.vmm_translator or self.translator
+        fill = self._translate(self.paging_regs(), linear, access, user, translator)
         return fill.hpa | (linear & (PAGE_SIZE - 1))
 
-    def _translate(self, paging: PagingRegs, linear: int, access: MemoryAccess, user: bool) -> Fill:
+    def _translate(self, paging: PagingRegs, linear: int, access: MemoryAccess, user: bool,
+                   translator: Translator | None = None) -> Fill:
         if paging.efer & EFER_LMA and not canonical(linear):
             raise NonCanonicalAddress(linear)
-        return self.translator.translate(paging, linear, access, user)
+        return (translator or self.translator).translate(paging, linear, access, user)
 
     def read_linear(self, linear: int, length: int, access: MemoryAccess = MemoryAccess.READ,
                     user: bool = False) -> bytes:
@@ -245,8 +253,11 @@ class VCpu:
             offset += size
 
     def write_host(self, hpa: int, data: bytes) -> None:
-        """A VMM write into guest memory: translated code on that page must be dropped."""
+        """A VMM write into guest memory: translated code on that page must be dropped, and
+        whoever shadows guest memory (shadow page tables) hears of it."""
         self.memory.write(hpa, data)
+        for observer in self.write_observers:
+            observer(hpa, len(data))
         page = hpa & PAGE_MASK
         last = (hpa + len(data) - 1) & PAGE_MASK
         if not (self.sites.is_code_page(page) or self.sites.is_code_page(last)):

@@ -21,6 +21,7 @@ from vtemu.mmu.ept import (
     HostMemory,
     ept_walk,
 )
+from vtemu.mmu.entries import load_entry, store_entry
 from vtemu.mmu.paging import Access, PageFault, PageSize, PagingRegs, walk
 
 _EPTP_AD = 1 << 6  # EPTP bit 6: accessed/dirty flags for EPT (24.6.11)
@@ -102,13 +103,13 @@ class _GuestTablesThroughEpt:
         self._ept_references.append(translation.references)
         self._last_gpa = gpa
         self._last = translation
-        return _load(self._host, translation.hpa, size)
+        return load_entry(self._host, translation.hpa, size)
 
     def write_entry(self, gpa: GPA, size: int, value: int) -> None:
         translation = self._last
         if gpa != self._last_gpa or translation is None or not translation.writable:
             translation = self._translate(gpa, _WRITE, 0)
-        _store(self._host, translation.hpa, size, value)
+        store_entry(self._host, translation.hpa, size, value)
 
     def _translate(self, gpa: GPA, access: Access, extra_qualification: int) -> EptTranslation:
         try:
@@ -116,25 +117,6 @@ class _GuestTablesThroughEpt:
         except EptViolation as exc:
             qualification = exc.qualification | EptQual.LINEAR_VALID | extra_qualification
             raise EptViolation(exc.gpa, qualification, self._linear) from None
-
-
-def _load(host: HostMemory, hpa: HPA, size: int) -> int:
-    """A 4- or 8-byte entry through the 64-bit host interface (entries are naturally aligned)."""
-    if size == 8:
-        return host.read_u64(hpa)
-    shift = (hpa & 4) * 8
-    return (host.read_u64(HPA(hpa & ~7)) >> shift) & 0xFFFF_FFFF
-
-
-def _store(host: HostMemory, hpa: HPA, size: int, value: int) -> None:
-    """Store an entry; a 4-byte entry is merged into its 64-bit word, leaving the neighbour as it is."""
-    if size == 8:
-        host.write_u64(hpa, value)
-        return
-    word_hpa = HPA(hpa & ~7)
-    shift = (hpa & 4) * 8
-    word = host.read_u64(word_hpa) & ~(0xFFFF_FFFF << shift)
-    host.write_u64(word_hpa, word | (value & 0xFFFF_FFFF) << shift)
 
 
 class NestedTranslator:

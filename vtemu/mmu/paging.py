@@ -133,6 +133,11 @@ class Translation:
     dirty: bool
     global_page: bool
     entries: tuple[GPA, ...]  # every paging-structure entry read, in walk order
+    # The combined rights over the levels, whatever the access walked (SDM 4.6.1): what a shadow
+    # entry must carry to grant exactly what the guest's tables grant.
+    user_page: bool = True      # U/S = 1 at every level
+    all_writable: bool = True   # R/W = 1 at every level
+    no_execute: bool = False    # XD = 1 at some level, with XD in force
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +371,9 @@ def walk(
         dirty=bool(entry & _D) or (access.write and set_accessed_dirty),
         global_page=bool(entry & _G) and bool(regs.cr4 & CR4_PGE),
         entries=tuple(gpas),
+        user_page=bool(rights & _US),
+        all_writable=bool(rights & _RW),
+        no_execute=fmt.nx and bool(xd),
     )
 
 

@@ -401,6 +401,7 @@ VTEMU_PRIMARY_CONTROLS = (
     | PrimaryProcessorControls.CR8_STORE_EXITING
     | PrimaryProcessorControls.NMI_WINDOW_EXITING
     | PrimaryProcessorControls.MOV_DR_EXITING
+    | PrimaryProcessorControls.MONITOR_TRAP_FLAG
     | PrimaryProcessorControls.UNCONDITIONAL_IO_EXITING
     | PrimaryProcessorControls.USE_IO_BITMAPS
     | PrimaryProcessorControls.USE_MSR_BITMAPS

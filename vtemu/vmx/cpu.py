@@ -24,7 +24,7 @@ from vtemu.machine.memory import HostMemory
 from vtemu.machine.msrs import IA32_TSC_AUX, MsrModel, TimeStampCounter
 from vtemu.machine.sites import Site, classify
 from vtemu.machine.translation import (GuestPageFault, NonCanonicalAddress, SecondLevelFault,
-                                      TranslationFault)
+                                      TranslationFault, Translator)
 from vtemu.machine.vcpu import GuestException, Stop, StopKind, VCpu
 from vtemu.vmx import instructions
 from vtemu.vmx.instructions import VMX_INSTRUCTION_EXITS
@@ -103,6 +103,8 @@ class VmxCpu:
         self._advanced = False
         self._preemption_deadline: int | None = None
         self.pause_loop = instructions.PauseLoop()
+        self._paging: tuple[Translator, Translator] | None = None
+        self.mtf_pending = False
         vcpu.events = self
 
     # --- state the hypervisor and handlers use --------------------------------------------
@@ -122,6 +124,22 @@ class VmxCpu:
         """VM entry latches the execution controls (and which instructions to watch)."""
         self.intercepts = Intercepts.from_vmcs(self.vmcs, self._host_page)
         self.vcpu.set_site_kinds(self.intercepts.site_kinds())
+        self._select_paging()
+
+    def attach_paging(self, ept: Translator, direct: Translator) -> None:
+        """The two ways this processor translates: through EPT, or (EPT off) the tables CR3
+        roots in host-physical memory (SDM 25.6.2); the "enable EPT" control latched at VM
+        entry picks one."""
+        self._paging = (ept, direct)
+
+    def _select_paging(self) -> None:
+        if self._paging is None:
+            return
+        ept, direct = self._paging
+        unit = ept if S.ENABLE_EPT in self.intercepts.secondary else direct
+        if unit is not self.vcpu.translator:
+            self.vcpu.translator = unit
+            self.vcpu.flush_tlb()
 
     def guest_tsc(self) -> int:
         """What RDTSC returns in the guest: the TSC plus the VMCS TSC offset (SDM 25.3)."""
@@ -321,6 +339,8 @@ class VmxCpu:
             stop = self.vcpu.run(budget)
         finally:
             self._inline = False
+        if stop.retired and P.MONITOR_TRAP_FLAG in self.intercepts.primary:
+            self.mtf_pending = True     # the instruction completed: MTF exit next (SDM 25.5.2)
         self._handle_stop(stop)
         return True
 
@@ -340,8 +360,8 @@ class VmxCpu:
     def _slice_budget(self, budget: int | None) -> int | None:
         primary = self.intercepts.primary
         if (P.INTERRUPT_WINDOW_EXITING in primary or P.NMI_WINDOW_EXITING in primary
-                or self._intr_waits_for_window()):
-            return 1  # step until the window opens
+                or P.MONITOR_TRAP_FLAG in primary or self._intr_waits_for_window()):
+            return 1  # one instruction: until the window opens, or the MTF exit
         deadline = self._preemption_deadline
         if deadline is not None:
             remaining = max(1, deadline - self.vcpu.clock.now_ns())
@@ -406,10 +426,13 @@ class VmxCpu:
         self.vcpu.retire_emulated(-1)
 
     def _asynchronous_exit(self) -> VmExit | None:
-        """Exits that happen between instructions, in the priority order of SDM 25.2: the
-        preemption timer, then NMI-window exiting, then interrupt-window exiting, then
-        external interrupts."""
+        """Exits that happen between instructions, in the priority order of SDM 25.2 and
+        25.5.2: a pending MTF exit, the preemption timer, NMI-window exiting, interrupt-window
+        exiting, external interrupts."""
         rip = self.vcpu.rip
+        if self.mtf_pending:        # after a stepped instruction, or injected (type 7, 26.5.2)
+            self.mtf_pending = False
+            return self._make_exit(ExitReason.MONITOR_TRAP_FLAG, rip)
         deadline = self._preemption_deadline
         if deadline is not None and self.vcpu.clock.now_ns() >= deadline:
             self._preemption_deadline = None

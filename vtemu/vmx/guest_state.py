@@ -25,6 +25,8 @@ RFLAGS_IF = 1 << 9
 DESCRIPTOR_S = 1 << 4      # access rights: code/data (not system)
 TYPE_ACCESSED = 1 << 0
 
+TSS16_AVAILABLE, TSS_AVAILABLE, TSS_BUSY_BIT = 0x1, 0x9, 0x2
+
 BLOCKING_BY_STI = 1 << 0
 BLOCKING_BY_MOV_SS = 1 << 1
 BLOCKING_BY_NMI = 1 << 3
@@ -142,7 +144,12 @@ class LiveGuestState:
     def _read_segment(self, segment: GuestSegment, part: str) -> int:
         cache = self._cache(segment)
         if part == "access_rights":
-            return access_rights(cache, usable=self._usable(segment, cache))
+            rights = access_rights(cache, usable=self._usable(segment, cache))
+            if segment is GuestSegment.TR and rights & 0xF in (TSS16_AVAILABLE, TSS_AVAILABLE):
+                # LTR marks the TSS busy and the processor's TR then holds the busy type (SDM
+                # Vol. 2 LTR); QEMU caches the descriptor before setting the bit.
+                rights |= TSS_BUSY_BIT
+            return rights
         return getattr(cache, part)
 
     def _usable(self, segment: GuestSegment, cache: SegmentCache) -> bool:

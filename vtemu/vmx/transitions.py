@@ -122,6 +122,11 @@ def _inject(cpu: "VmxCpu") -> VmExit | None:
     if not info.valid:
         return None
     vmcs.cpu_write(F.VM_ENTRY_INTR_INFO_FIELD, 0)
+    if info.type is InterruptionType.OTHER_EVENT:
+        # 26.5.2: type 7, vector 0 injects a pending MTF VM exit (it happens before the
+        # first guest instruction); nothing is delivered through the IDT.
+        cpu.mtf_pending = True
+        return None
     error = vmcs.read(F.VM_ENTRY_EXCEPTION_ERROR_CODE) if info.deliver_error_code else None
     event = Event(info.vector, EventType(int(info.type)), error)
     length = vmcs.read(F.VM_ENTRY_INSTRUCTION_LEN) if info.type.is_software else 0

@@ -144,8 +144,8 @@ def test_legacy_and_true_control_msrs() -> None:
         ),
         (
             VmxMsr.PROCBASED_CTLS,
-            Pri.HLT_EXITING | Pri.USE_IO_BITMAPS | Pri.ACTIVATE_SECONDARY_CONTROLS,
-            Pri.MONITOR_TRAP_FLAG | Pri.USE_TPR_SHADOW,
+            Pri.HLT_EXITING | Pri.USE_IO_BITMAPS | Pri.ACTIVATE_SECONDARY_CONTROLS | Pri.MONITOR_TRAP_FLAG,
+            Pri.USE_TPR_SHADOW,
         ),
         (
             VmxMsr.PROCBASED_CTLS2,
@@ -231,7 +231,8 @@ def test_msrs_of_absent_features_are_not_implemented() -> None:
 
 def test_supports() -> None:
     assert CAPS.supports(Sec.ENABLE_EPT | Sec.UNRESTRICTED_GUEST)
-    assert not CAPS.supports(Pri.MONITOR_TRAP_FLAG)
+    assert CAPS.supports(Pri.MONITOR_TRAP_FLAG)
+    assert not CAPS.supports(Pri.USE_TPR_SHADOW)
     assert CAPS.supports(Pri.HLT_EXITING | Pri.RDTSC_EXITING)
     assert not CAPS.supports(Pri.HLT_EXITING | Pri.USE_TPR_SHADOW)
     assert not VmxCapabilities(primary=CAPS.primary & ~Pri.ACTIVATE_SECONDARY_CONTROLS).supports(

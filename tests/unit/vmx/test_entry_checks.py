@@ -56,6 +56,7 @@ class Case:
 
 ENTRY_64 = ENTRY | 1 << 9  # "IA-32e mode guest"
 MTF_CAPS = VmxCapabilities(primary=CAPS.primary | PrimaryProcessorControls.MONITOR_TRAP_FLAG)
+NO_MTF_CAPS = VmxCapabilities(primary=CAPS.primary & ~PrimaryProcessorControls.MONITOR_TRAP_FLAG)
 NO_AD_CAPS = VmxCapabilities(ept_vpid=CAPS.ept_vpid & ~EptVpidCap.ACCESSED_DIRTY)
 PCIDE_CAPS = VmxCapabilities(cr4_fixed1=CAPS.cr4_fixed1 | Cr4.PCIDE)
 NON_CANONICAL = 0x0000_8000_0000_0000
@@ -79,7 +80,7 @@ CONTROL_CASES = [
     Case(
         "primary_reserved_bits",
         "long",
-        {F.CPU_BASED_VM_EXEC_CONTROL: PRIMARY | PrimaryProcessorControls.MONITOR_TRAP_FLAG},
+        {F.CPU_BASED_VM_EXEC_CONTROL: PRIMARY | PrimaryProcessorControls.USE_TPR_SHADOW},
     ),
     Case(
         "secondary_reserved_bits",
@@ -130,6 +131,7 @@ CONTROL_CASES = [
         "injection_type_not_reserved",
         "long",
         {F.VM_ENTRY_INTR_INFO_FIELD: 0x8000_0700},
+        NO_MTF_CAPS,
         label="type 7 without MTF",
     ),
     Case("injection_reserved_bits", "long", {F.VM_ENTRY_INTR_INFO_FIELD: EXTINT_0x20 | 1 << 12}),

@@ -591,6 +591,33 @@ def test_injected_nmi_blocks_until_iret_then_the_nmi_window_opens(rig: Rig) -> N
     assert not rig.cpu.vmcs.read(F.GUEST_INTERRUPTIBILITY_INFO) & 0x8
 
 
+def test_monitor_trap_flag_exits_after_each_instruction(rig: Rig) -> None:
+    """MTF: one instruction, then exit 37 at the next boundary (SDM 25.5.2); the handler
+    leaves it on for two steps, then turns it off."""
+    steps: list[int] = []
+
+    def mtf(exit, cpu, partition):  # type: ignore[no-untyped-def]
+        steps.append(exit.guest_rip)
+        if len(steps) == 2:
+            _set_control(rig, F.CPU_BASED_VM_EXEC_CONTROL, P.MONITOR_TRAP_FLAG, on=False)
+        return RESUME
+    rig.partition.handlers[ExitReason.MONITOR_TRAP_FLAG] = mtf
+    _on_mark(rig, lambda exit: _set_control(rig, F.CPU_BASED_VM_EXEC_CONTROL, P.MONITOR_TRAP_FLAG))
+    run(rig, f"out {MARK:#x}, al; nop; inc eax; nop; hlt")
+    assert steps == [CODE + 3, CODE + 4]          # after the NOP, after INC EAX
+    assert _reasons(rig)[-1] is ExitReason.HLT
+
+
+def test_injected_pending_mtf_exits_before_the_first_instruction(rig: Rig) -> None:
+    """VM entry injecting type 7 (other event), vector 0: an MTF exit before any guest
+    instruction, even with the MTF control off (SDM 26.5.2)."""
+    _on_mark(rig, lambda exit: rig.cpu.vmcs.write(F.VM_ENTRY_INTR_INFO_FIELD, 0x8000_0700))
+    rig.partition.handlers[ExitReason.MONITOR_TRAP_FLAG] = lambda exit, cpu, part: RESUME
+    run(rig, f"out {MARK:#x}, al; nop; hlt")
+    mtf = _exits(rig, ExitReason.MONITOR_TRAP_FLAG)
+    assert [exit.guest_rip for exit in mtf] == [CODE + 2]
+
+
 # --- VM entry --------------------------------------------------------------------------------
 
 def test_entry_with_invalid_guest_rflags_fails_with_reason_33(rig: Rig) -> None:

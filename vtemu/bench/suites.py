@@ -1,0 +1,27 @@
+"""The measurement suites `vtemu bench --suite` runs: each returns its results as JSON-ready
+data and prints its own tables."""
+
+from __future__ import annotations
+
+from typing import Callable, TextIO
+
+from vtemu.bench import exit_cost, paging
+from vtemu.bench.report import print_exit_cost, print_paging
+
+
+def exit_cost_suite(quick: bool, repeats: int | None, stream: TextIO) -> object:
+    report = exit_cost.measure(quick=quick, repeats=repeats)
+    print_exit_cost(report, stream)
+    return report.as_dict()
+
+
+def paging_suite(quick: bool, repeats: int | None, stream: TextIO) -> object:
+    runs = paging.measure(paging.GUESTS[:2] if quick else paging.GUESTS, repeats or (1 if quick else 3))
+    print_paging(runs, stream)
+    return [run.as_dict() for run in runs]
+
+
+SUITES: dict[str, Callable[[bool, int | None, TextIO], object]] = {
+    "exit-cost": exit_cost_suite,
+    "paging": paging_suite,
+}
