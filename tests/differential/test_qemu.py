@@ -7,14 +7,20 @@ exceptions:
                treats the triple fault as a shutdown request and exits with status 0
   msr          QEMU 7.2's TCG reads an unimplemented MSR as 0 without #GP (the DESIGN notes
                the same of Unicorn), so the one line reporting that RDMSR differs
+Guests in GUEST_DISK_SECTORS get a fresh copy of the same disk image on each side (QEMU:
+-drive if=ide,index=0), and the two images must be byte-for-byte equal afterwards.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.guests.harness import (GUEST_INPUT, all_guests, guest_image, qemu_available, run_guest,
+from tests.guests.harness import (GUEST_DISK_SECTORS, GUEST_INPUT, all_guests, guest_image,
+                                  guest_source, make_disk_image, qemu_available, run_guest,
                                   run_qemu)
+from vtemu.asm import build_guest
 
 pytestmark = pytest.mark.differential
 
@@ -44,13 +50,38 @@ def _need_qemu() -> None:
         pytest.skip("qemu-system-x86_64 is not on PATH")
 
 
+def _disk_pair(name: str, tmp_path: Path) -> tuple[Path | None, Path | None]:
+    """Two identical disk images, vtemu's and QEMU's, for a guest that needs one."""
+    sectors = GUEST_DISK_SECTORS.get(name)
+    if sectors is None:
+        return None, None
+    return (make_disk_image(tmp_path / "vtemu.img", sectors),
+            make_disk_image(tmp_path / "qemu.img", sectors))
+
+
 @pytest.mark.parametrize("name", _guests())
-def test_same_serial_and_exit_status(name: str) -> None:
+def test_same_serial_and_exit_status(name: str, tmp_path: Path) -> None:
     image = guest_image(name)
-    qemu = run_qemu(image, serial_input=GUEST_INPUT.get(name, b""))
-    vtemu = run_guest(name, image=image)
+    vtemu_disk, qemu_disk = _disk_pair(name, tmp_path)
+    qemu = run_qemu(image, serial_input=GUEST_INPUT.get(name, b""), disk=qemu_disk)
+    vtemu = run_guest(name, image=image, disk=vtemu_disk)
     assert vtemu.serial == qemu.serial
     assert qemu.status == (vtemu.exit_code << 1) | 1, qemu.stderr
+    if vtemu_disk is not None and qemu_disk is not None:
+        assert vtemu_disk.read_bytes() == qemu_disk.read_bytes(), "the written images differ"
+
+
+def test_disk_model_strings_differ_only_by_emulator(tmp_path: Path) -> None:
+    """disk -D PRINT_MODEL prints IDENTIFY's model string: each emulator its own, decoded
+    the same way (ATA string byte order), and otherwise the same run."""
+    image = build_guest(guest_source("disk"), {"PRINT_MODEL": None})
+    vtemu_disk, qemu_disk = _disk_pair("disk", tmp_path)
+    qemu = run_qemu(image, disk=qemu_disk)
+    vtemu = run_guest("disk", image=image, disk=vtemu_disk)
+    assert b'model: "vtemu ATA disk"\n' in vtemu.serial
+    assert b'model: "QEMU HARDDISK"\n' in qemu.serial
+    assert (vtemu.serial.replace(b"vtemu ATA disk", b"QEMU HARDDISK") == qemu.serial)
+    assert (vtemu.exit_code, qemu.status) == (0, 1), qemu.stderr
 
 
 def test_cpuid_exit_status_only() -> None:

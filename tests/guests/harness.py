@@ -13,11 +13,13 @@ import functools
 import os
 import select
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import unicorn.x86_const as U
 
@@ -38,6 +40,9 @@ QEMU = "qemu-system-x86_64"
 DEBUG_EXIT_ARGS = ("-device", "isa-debug-exit,iobase=0xf4,iosize=0x4")
 # COM1 input for the guests that read it (vtemu and QEMU get the same bytes).
 GUEST_INPUT = {"echo": b"hello, vtemu\nSecond line 2\nquit\n"}
+# Guests that need a disk image on the primary IDE channel: how many sectors it gets.
+GUEST_DISK_SECTORS = {"disk": 8192}
+IMAGE_DWORD_MULTIPLIER = 0x9E3779B1
 
 
 @dataclass(frozen=True)
@@ -104,14 +109,39 @@ def bytes_input(data: bytes):
     return lambda block: next(remaining, None)
 
 
+def disk_image_bytes(sectors: int) -> bytes:
+    """Deterministic disk contents: the dword at byte offset 4k holds k * 9E3779B1h mod 2^32."""
+    dwords = sectors * 128
+    return struct.pack(f"<{dwords}I", *[(k * IMAGE_DWORD_MULTIPLIER) & 0xFFFFFFFF
+                                        for k in range(dwords)])
+
+
+def make_disk_image(path: Path, sectors: int) -> Path:
+    path.write_bytes(disk_image_bytes(sectors))
+    return path
+
+
 def run_guest(name: str, timeout_s: float = DEFAULT_TIMEOUT_S,
               max_instructions: int | None = None, image: bytes | None = None,
-              serial_input: bytes | None = None) -> GuestRun:
-    """Boot guests/<name>.S through vtemu's firmware, in this process."""
+              serial_input: bytes | None = None,
+              before_run: Callable[[Partition], None] | None = None,
+              disk: Path | None = None,
+              rx_source: Callable[[bool], int | None] | None = None,
+              paging: str = "ept") -> GuestRun:
+    """Boot guests/<name>.S through vtemu's firmware, in this process.
+
+    `before_run(partition)` runs once the machine is built (RAM, EPT, devices) and before the
+    first instruction: a test can plant data in guest RAM or in VMM-private memory there.
+    `disk`: a raw image file as the primary-master ATA disk (the guest may write to it).
+    `rx_source`: COM1's host end instead of `serial_input` (e.g. an input recorder or replayer).
+    `paging`: "ept" or "shadow" (`--paging`)."""
     serial = bytearray()
     data = GUEST_INPUT.get(name) if serial_input is None else serial_input
     spec = PartitionSpec(name=name, kernel=image if image is not None else guest_image(name),
-                         serial_input=bytes_input(data) if data is not None else None)
+                         paging=paging,
+                         serial_input=rx_source if rx_source is not None
+                         else bytes_input(data) if data is not None else None,
+                         disk=disk)
     partitions = build_partitions([spec], _firmware(), lambda index, spec: serial.extend)
     partition = partitions[0]
     exits: list[RecordedExit] = []
@@ -126,7 +156,11 @@ def run_guest(name: str, timeout_s: float = DEFAULT_TIMEOUT_S,
         exits.append(RecordedExit(exit, outcome, value, partition.clock.peek_ns()))
 
     partition.exit_observers.append(observe)
+    if before_run is not None:
+        before_run(partition)
     Runner(partitions, RunLimits(max_instructions=max_instructions, timeout_s=timeout_s)).run()
+    if partition.disk is not None:
+        partition.disk.close()
     result = partition.result
     assert result is not None, "the run loop ended without a result"
     return GuestRun(name, bytes(serial), result.exit_code, result.reason, partition, exits)
@@ -146,8 +180,10 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def run_qemu(image: bytes, timeout_s: float = 60.0, serial_input: bytes = b"") -> QemuRun:
-    """The same image under `qemu-system-x86_64 -kernel` (TCG), COM1 on stdin/stdout.
+def run_qemu(image: bytes, timeout_s: float = 60.0, serial_input: bytes = b"",
+             disk: Path | None = None) -> QemuRun:
+    """The same image under `qemu-system-x86_64 -kernel` (TCG), COM1 on stdin/stdout;
+    `disk` a raw image file as the primary-master IDE disk (QEMU writes to it).
 
     Input is typed only once the guest has printed its first line, as a person would: bytes
     reaching QEMU's UART before the guest programs it are lost to its FIFO reset there, while
@@ -157,6 +193,8 @@ def run_qemu(image: bytes, timeout_s: float = 60.0, serial_input: bytes = b"") -
         kernel.write_bytes(image)
         command = [QEMU, "-accel", "tcg", "-kernel", str(kernel), "-serial", "stdio",
                    "-display", "none", "-nodefaults", "-no-reboot", *DEBUG_EXIT_ARGS]
+        if disk is not None:
+            command += ["-drive", f"file={disk},format=raw,if=ide,index=0,media=disk"]
         with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}) as qemu:
             assert qemu.stdin is not None and qemu.stdout is not None
