@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TextIO
 
 from vtemu.errors import BadInput, VtemuError
 from vtemu.hv.outcome import RunEnd
 from vtemu.machine import layout
+
+if TYPE_CHECKING:
+    from vtemu.hv.partition import Partition
 
 MiB = 1024 * 1024
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) is not _trace or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.images += [Path(word) for word in extra]   # payload filters after the options
     try:
         return int(args.command(args))
     except VtemuError as error:
@@ -37,26 +45,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtemu", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="boot a guest kernel through the firmware")
-    run.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
-                     help="multiboot image, or guest source (.S) assembled on the fly")
-    run.add_argument("--mode", default="vtx", help="CPU virtualization technique (default: vtx)")
-    run.add_argument("--memory", type=_positive_int, default=layout.DEFAULT_RAM_SIZE // MiB,
-                     metavar="MiB", help="guest RAM (default: %(default)s)")
-    run.add_argument("--cmdline", default="", help="kernel command line (multiboot)")
+    _add_boot_options(run)
     run.add_argument("--stats", action="store_true", help="print VM-exit statistics on stderr")
     run.add_argument("--json", action="store_true", help="with --stats: JSON instead of a table")
-    run.add_argument("--max-instructions", type=_positive_int, metavar="N",
-                     help="end the run after N guest instructions (exact, counted)")
-    run.add_argument("--timeout", type=float, metavar="SECONDS",
-                     help="end the run after this much host time")
-    run.add_argument("--serial-in", metavar="FILE",
-                     help="COM1 input: a file, or - for stdin (default: none, the line is idle)")
-    run.add_argument("--firmware", type=Path, help="firmware ROM image (default: build or assemble)")
-    run.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
-                     help="define for guest sources assembled on the fly")
+    run.add_argument("--csv", type=Path, metavar="FILE",
+                     help="with --stats: write the statistics as CSV to FILE instead of the table")
     run.set_defaults(command=_run)
+    trace = commands.add_parser("trace", help="boot a guest like run, and write a trace of its VM exits",
+                                description="Boot like `vtemu run` and write one record per VM exit. "
+                                "Trailing NAME=VALUE words filter by payload: port=0x3f8, "
+                                "port=0x3f8..0x3ff, msr=0xc0000080, direction=in, vector=14, vcpu=0.")
+    _add_boot_options(trace, images_help="multiboot image or guest source (.S); NAME=VALUE words "
+                                         "filter exits by payload (port=0x3f8)")
+    trace.add_argument("-o", dest="output", type=Path, required=True, metavar="FILE",
+                       help="trace file: Chrome trace-event JSON (chrome://tracing, Perfetto)")
+    trace.add_argument("--jsonl", action="store_true", help="write JSON Lines instead, one exit per line")
+    trace.add_argument("--filter", action="append", default=[], metavar="REASONS",
+                       help="keep only these exit reasons, comma-separated: SDM names (IO_INSTRUCTION), "
+                            "numbers or aliases (io, hlt, cpuid, msr, cr, ept, ext, exc, vmcall, ...)")
+    trace.set_defaults(command=_trace, stats=False, json=False, csv=None)
     bench = commands.add_parser("bench", help="measure vtemu (benchmarks/, README \"Benchmarks\")")
-    bench.add_argument("--suite", default="exit-cost", choices=["exit-cost"],
+    bench.add_argument("--suite", default="exit-cost", choices=["exit-cost", "paging"],
                        help="which measurements (default: %(default)s)")
     bench.add_argument("--repeat", type=_positive_int, metavar="N", help="repeats per measurement")
     bench.add_argument("--quick", action="store_true", help="small loops: a fast, noisier run")
@@ -70,6 +79,33 @@ def _parser() -> argparse.ArgumentParser:
     assemble.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]")
     assemble.set_defaults(command=_asm)
     return parser
+
+
+def _add_boot_options(parser: argparse.ArgumentParser,
+                      images_help: str = "multiboot image, or guest source (.S) assembled on the fly") -> None:
+    """What `run` and `trace` share: the images, the machine, limits and COM1 input."""
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=images_help)
+    parser.add_argument("--mode", default="vtx", help="CPU virtualization technique (default: vtx)")
+    parser.add_argument("--paging", default="ept",
+                        help="memory virtualization: ept (nested paging) or shadow (default: ept)")
+    parser.add_argument("--memory", type=_positive_int, default=layout.DEFAULT_RAM_SIZE // MiB,
+                        metavar="MiB", help="guest RAM (default: %(default)s)")
+    parser.add_argument("--cmdline", default="", help="kernel command line (multiboot)")
+    parser.add_argument("--max-instructions", type=_positive_int, metavar="N",
+                        help="end the run after N guest instructions (exact, counted)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="end the run after this much host time")
+    parser.add_argument("--serial-in", metavar="FILE",
+                        help="COM1 input: a file, or - for stdin (default: none, the line is idle)")
+    parser.add_argument("--record", metavar="FILE",
+                        help="with --serial-in: record what the guest received, for --replay")
+    parser.add_argument("--replay", metavar="FILE",
+                        help="COM1 input from a --record log, exactly as recorded (no stdin)")
+    parser.add_argument("--disk", type=Path, metavar="FILE",
+                        help="raw disk image as the primary-master ATA disk (writes go to the file)")
+    parser.add_argument("--firmware", type=Path, help="firmware ROM image (default: build or assemble)")
+    parser.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
+                        help="define for guest sources assembled on the fly")
 
 
 def _positive_int(text: str) -> int:
@@ -102,21 +138,20 @@ def _asm(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     import json
-    from vtemu.bench.exit_cost import measure
-    from vtemu.bench.report import print_exit_cost
-    report = measure(quick=args.quick, repeats=args.repeat)
-    print_exit_cost(report, sys.stdout)
+    from vtemu.bench.suites import SUITES
+    results = SUITES[args.suite](args.quick, args.repeat, sys.stdout)
     if args.json_path:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
-        args.json_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        args.json_path.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _boot(args: argparse.Namespace,
+          instrument: Callable[[list[Partition]], None] | None = None) -> tuple[list[Partition], float]:
+    """Build the partitions `args` describe, let `instrument` attach diagnostics, run them."""
     from vtemu.hv.boot import build_partitions
     from vtemu.hv.partition import PartitionSpec
     from vtemu.hv.runloop import RunLimits, Runner
-    from vtemu.hv.serial_input import open_serial_input
     from vtemu.images import firmware_image, kernel_image
 
     ram = args.memory * MiB
@@ -124,23 +159,121 @@ def _run(args: argparse.Namespace) -> int:
         raise BadInput(f"--memory must be between {layout.MIN_RAM_SIZE // MiB} and "
                        f"{layout.MAX_RAM_SIZE // MiB} MiB")
     specs = [PartitionSpec(name=path.stem, kernel=kernel_image(path, _defines(args.defines)),
-                           cmdline=args.cmdline, ram_size=ram, mode=args.mode)
+                           cmdline=args.cmdline, ram_size=ram, mode=args.mode, paging=args.paging)
              for path in args.images]
     firmware = firmware_image(args.firmware)
     consoles = _Consoles(prefix=len(specs) > 1)
-    with open_serial_input(args.serial_in) as serial_input:
-        specs[0].serial_input = serial_input   # the first partition's COM1 has the host's input
+    with _host_input(args) as host_input:
+        specs[0].serial_input = host_input.source   # the first partition's COM1 has the host's input
+        specs[0].disk = args.disk                   # and the disk, if any
         partitions = build_partitions(specs, firmware, consoles.for_partition)
+        if instrument is not None:
+            instrument(partitions)
         runner = Runner(partitions, RunLimits(args.max_instructions, args.timeout))
-        if serial_input is not None:
-            serial_input.cancelled = lambda: runner.aborted
+        host_input.attach(partitions[0], lambda: runner.aborted)
         runner.run()
     consoles.flush()
-    return _report(partitions, runner.wall_s, args)
+    return partitions, runner.wall_s
 
 
-def _report(partitions: list, wall_s: float, args: argparse.Namespace) -> int:
-    from vtemu.debug.report import print_stats, stats_json
+class _HostInput:
+    """COM1's host end: --serial-in, perhaps recorded (--record), or a --replay log."""
+
+    def __init__(self, source: Callable[[bool], int | None] | None, serial: object = None,
+                 logged: object = None) -> None:
+        self.source = source
+        self.serial = serial      # the SerialInput reading the host (a run that ends stops its waits)
+        self.logged = logged      # the RecordingInput or ReplayInput (it stamps each byte)
+
+    def attach(self, partition: Partition, aborted: Callable[[], bool]) -> None:
+        from vtemu.hv.input_log import partition_position
+        if self.serial is not None:
+            self.serial.cancelled = aborted  # type: ignore[attr-defined]
+        if self.logged is not None:
+            self.logged.position = partition_position(partition)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _host_input(args: argparse.Namespace) -> Iterator[_HostInput]:
+    from vtemu.debug.trace_export import open_output
+    from vtemu.hv.input_log import InputLog, RecordingInput, ReplayInput
+    from vtemu.hv.serial_input import open_serial_input
+    if args.replay is not None:
+        if args.serial_in is not None or args.record is not None:
+            raise BadInput("--replay gives COM1 its input: it cannot be combined with --serial-in or --record")
+        replay = ReplayInput(InputLog.load(args.replay), args.replay)
+        yield _HostInput(replay, logged=replay)
+        return
+    if args.record is not None and args.serial_in is None:
+        raise BadInput("--record needs --serial-in (the input to record)")
+    record = open_output(args.record) if args.record is not None else None
+    try:
+        with open_serial_input(args.serial_in) as serial_input:
+            if record is None or serial_input is None:
+                yield _HostInput(serial_input, serial_input)
+                return
+            recorder = RecordingInput(serial_input)
+            recorder.log.source = "terminal" if serial_input.interactive else "pipe or file"
+            try:
+                yield _HostInput(recorder, serial_input, recorder)
+            finally:
+                recorder.log.save(record)   # also after a failed or interrupted run
+    finally:
+        if record is not None:
+            record.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vtemu.debug.breakdown import collect_breakdowns
+    from vtemu.debug.trace_export import open_output
+    csv_file: list[TextIO] = []
+
+    def instrument(partitions: list[Partition]) -> None:
+        if args.csv is not None:
+            csv_file.append(open_output(args.csv))   # before the run: a bad path fails at once
+        if args.stats or args.csv is not None:
+            collect_breakdowns(partitions)
+
+    try:
+        partitions, wall_s = _boot(args, instrument)
+        return _report(partitions, wall_s, args, csv_file[0] if csv_file else None)
+    finally:
+        for stream in csv_file:
+            stream.close()
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from vtemu.debug.filters import build_filter
+    from vtemu.debug.trace import TraceSession
+    from vtemu.debug.trace_export import open_writer
+    args.images, words = _images_and_filters(args.images)
+    exit_filter = build_filter(args.filter, words)
+    sessions: list[TraceSession] = []
+
+    def instrument(partitions: list[Partition]) -> None:
+        writer = open_writer(args.output, {p.index: p.name for p in partitions}, args.jsonl)
+        sessions.append(TraceSession(partitions, exit_filter, writer))
+
+    try:
+        partitions, wall_s = _boot(args, instrument)
+    finally:
+        for session in sessions:
+            session.close()     # a run that failed still leaves a readable trace
+    return _report(partitions, wall_s, args)
+
+
+def _images_and_filters(words: list[Path]) -> tuple[list[Path], list[str]]:
+    """`vtemu trace IMAGE port=0x3f8`: NAME=VALUE words that are not files are filters."""
+    images = [word for word in words if "=" not in word.name or word.exists()]
+    filters = [str(word) for word in words if word not in images]
+    if not images:
+        raise BadInput("no image given (NAME=VALUE words are payload filters)")
+    return images, filters
+
+
+def _report(partitions: list, wall_s: float, args: argparse.Namespace,
+            csv_stream: TextIO | None = None) -> int:
+    from vtemu.debug.report import print_stats, stats_json, write_stats_csv
     from vtemu.hv.dump import dump_partition
     for partition in partitions:
         result = partition.result
@@ -149,7 +282,9 @@ def _report(partitions: list, wall_s: float, args: argparse.Namespace) -> int:
             print(f"vtemu: {partition.name}: {result.reason}", file=sys.stderr)
         if result.dump:
             print(dump_partition(partition), file=sys.stderr)
-    if args.stats:
+    if csv_stream is not None:
+        write_stats_csv(partitions, csv_stream)
+    elif args.stats:
         if args.json:
             print(stats_json(partitions, wall_s), file=sys.stderr)
         else:

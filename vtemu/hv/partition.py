@@ -8,6 +8,7 @@ and turns the handler's outcome into what the processor does next.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,10 +23,13 @@ from vtemu.devices.pic8259 import Pic8259Pair
 from vtemu.devices.pit8254 import Pit8254
 from vtemu.devices.post_port import PostPort
 from vtemu.devices.uart16550 import Uart16550
+from vtemu.devices import ata_disk
 from vtemu.hv.cpuid_policy import CpuidPolicy
 from vtemu.hv.handlers import HANDLERS, Handler
 from vtemu.hv.handlers.io import emulate_string_io
+from vtemu.errors import BadInput
 from vtemu.hv.memory import NestedPaging, PartitionMemory
+from vtemu.hv.paging import PAGING
 from vtemu.hv.outcome import Halt, Outcome, Resume, RunEnd, Shutdown
 from vtemu.hv.stats import ExitStats
 from vtemu.machine import layout
@@ -33,6 +37,7 @@ from vtemu.machine.clock import GuestClock
 from vtemu.machine.decode import Instruction
 from vtemu.machine.memory import HostMemory, HostRegion
 from vtemu.machine.vcpu import VCpu
+from vtemu.mmu.direct import DirectPaging
 from vtemu.vmx.cpu import VmxCpu
 from vtemu.vmx.exit import ExitDecision, VmExit
 from vtemu.vmx.fields import VmcsField as F
@@ -52,8 +57,10 @@ class PartitionSpec:
     ram_size: int = layout.DEFAULT_RAM_SIZE
     vcpus: int = 1
     mode: str = "vtx"
+    paging: str = "ept"
     files: dict[str, bytes] = field(default_factory=dict)
     serial_input: Callable[[bool], int | None] | None = None   # COM1's receive line (host end)
+    disk: str | os.PathLike[str] | None = None   # raw image: the primary-master ATA disk
 
 
 class Partition:
@@ -72,10 +79,19 @@ class Partition:
         self._exit_value: int | None = None
         self._pending: dict[int, list[int]] = {}
         self.handlers: dict = dict(HANDLERS)
+        # Diagnostics (vtemu.debug) hook in here: inspectors see the exit and its vCPU before the
+        # handler changes any register (CPUID's leaf), outside the timed region; observers see
+        # the exit, the outcome and the handler's time in ns after it.
+        self.exit_inspectors: list[Callable[[VmxCpu, VmExit], None]] = []
         self.exit_observers: list[Callable[[VmExit, Outcome, int], None]] = []
         self._attach_devices(console)
         self.cpuid = CpuidPolicy(spec.vcpus)
+        self.paging_units: list[tuple[NestedPaging, DirectPaging]] = []
         self.vcpus = [self._create_vcpu(i) for i in range(spec.vcpus)]
+        if spec.paging not in PAGING:
+            raise BadInput(f"unknown paging scheme {spec.paging!r} (available: {', '.join(sorted(PAGING))})")
+        self.paging = PAGING[spec.paging](self)
+        self.handlers.update(self.paging.handlers())
 
     # --- construction ---------------------------------------------------------------------
     def _attach_devices(self, console: Callable[[bytes], None]) -> None:
@@ -98,6 +114,12 @@ class Partition:
         self.fw_cfg = FwCfg.standard(self.spec.ram_size, self.spec.vcpus, self.spec.kernel,
                                      self.spec.cmdline, files=self.spec.files)
         ports.attach("fw-cfg", layout.FW_CFG_SELECTOR_PORT, 2, self.fw_cfg, byte_wide=False)
+        self.disk: ata_disk.AtaDisk | None = None
+        if self.spec.disk is not None:
+            self.disk = ata_disk.open_disk(self.spec.disk, self.pic.irq_line(ata_disk.PRIMARY_IRQ))
+            ports.attach("ata0", ata_disk.PRIMARY_COMMAND_BASE, ata_disk.COMMAND_BLOCK_SIZE,
+                         self.disk, byte_wide=False)
+            ports.attach("ata0-control", ata_disk.PRIMARY_CONTROL_PORT, 1, self.disk.control)
 
     def _create_vcpu(self, index: int) -> VmxCpu:
         holder: list[VmxCpu] = []
@@ -105,6 +127,9 @@ class Partition:
         regions = [self.memory.ram, self.memory.rom]  # EPT can reach nothing else
         vcpu = VCpu(index, self.host, self.clock, translator, regions=regions)
         cpu = VmxCpu(vcpu, self.host, self.ports, self.pic)
+        direct = DirectPaging(self.host)
+        cpu.attach_paging(translator, direct)
+        self.paging_units.append((translator, direct))
         holder.append(cpu)
         cpu.exit_handler = lambda exit, cpu=cpu: self._dispatch(cpu, exit)
         cpu.string_io_passthrough = self._string_io_passthrough(cpu)  # type: ignore[method-assign]
@@ -123,6 +148,8 @@ class Partition:
 
     # --- the hypervisor side of an exit ---------------------------------------------------
     def _dispatch(self, cpu: VmxCpu, exit: VmExit) -> ExitDecision:
+        for inspect in self.exit_inspectors:
+            inspect(cpu, exit)
         start = time.perf_counter_ns()
         handler: Handler | None = self.handlers.get(exit.reason)
         if handler is None:
@@ -134,7 +161,7 @@ class Partition:
         if self._exit_value is not None and not isinstance(outcome, Shutdown):
             outcome = Shutdown(self._exit_value, "the guest wrote to isa-debug-exit")
         elapsed = time.perf_counter_ns() - start
-        self.stats.record(cpu.index, exit.reason.name, int(exit.reason), elapsed, exit.detail)
+        self.stats.record(cpu.index, exit.reason, elapsed)
         for observer in self.exit_observers:
             observer(exit, outcome, elapsed)
         return self._decide(outcome)

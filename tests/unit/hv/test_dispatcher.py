@@ -1,5 +1,6 @@
 """The partition's exit dispatcher: handler lookup by exit reason, the explicit error for an exit
-nobody handles, per-reason statistics with breakdowns, observers, and outcome -> decision."""
+nobody handles, per-reason statistics (with breakdowns when collected), observers, and
+outcome -> decision."""
 
 from __future__ import annotations
 
@@ -37,22 +38,35 @@ def test_removing_a_handler_makes_its_exit_unhandled(rig: Rig) -> None:
     assert rig.partition.result.exit_code == RunEnd.UNHANDLED_EXIT
 
 
-def test_statistics_per_reason_with_breakdown(rig: Rig) -> None:
+def test_statistics_per_reason_and_vcpu(rig: Rig) -> None:
     insn = rig.place("cpuid")
     for leaf in (0, 1, 1):
         rig.set(rax=leaf)
-        rig.dispatch(rig.exit_for(ExitReason.CPUID, insn, detail=f"leaf {leaf:#x}"))
+        rig.dispatch(rig.exit_for(ExitReason.CPUID, insn))
     rig.set(rflags=0x2)
-    rig.dispatch(rig.exit_for(ExitReason.HLT, rig.place("hlt"), detail=None))
+    rig.dispatch(rig.exit_for(ExitReason.HLT, rig.place("hlt")))
     merged = rig.partition.stats.merged()
-    assert merged["CPUID"].count == 3
-    assert dict(merged["CPUID"].breakdown) == {"leaf 0x0": 1, "leaf 0x1": 2}
-    assert merged["HLT"].count == 1 and not merged["HLT"].breakdown
-    assert rig.partition.stats.reason_numbers == {"CPUID": 10, "HLT": 12}
+    assert merged[ExitReason.CPUID].count == 3
+    assert merged[ExitReason.HLT].count == 1
+    assert not merged[ExitReason.CPUID].breakdown   # breakdowns only when asked for (--stats)
     assert rig.partition.stats.counts() == {"CPUID": 3, "HLT": 1}
     assert rig.partition.stats.total == 4
-    stats = rig.partition.stats.by_reason[0, "CPUID"]
+    assert rig.partition.stats.vcpus() == [0]
+    stats = rig.partition.stats.by_reason[0, ExitReason.CPUID]
     assert 0 < stats.min_ns <= stats.mean_ns <= stats.max_ns
+
+
+def test_breakdowns_by_leaf_when_collected(rig: Rig) -> None:
+    from vtemu.debug.breakdown import BreakdownCollector
+    from vtemu.debug.exitinfo import BreakdownKey
+    BreakdownCollector(rig.partition)
+    insn = rig.place("cpuid")
+    for leaf in (0, 1, 1):
+        rig.set(rax=leaf)
+        rig.dispatch(rig.exit_for(ExitReason.CPUID, insn))
+    breakdown = rig.partition.stats.merged()[ExitReason.CPUID].breakdown
+    assert {key: timing.count for key, timing in breakdown.items()} == {
+        BreakdownKey("leaf", 0): 1, BreakdownKey("leaf", 1): 2}
 
 
 def test_observers_see_every_exit_with_its_outcome(rig: Rig) -> None:
