@@ -104,6 +104,27 @@ class PortBus:
         attachment.device.io_write(port - attachment.base, size, value)  # type: ignore[attr-defined]
 
 
+    def read_string(self, port: int, size: int, count: int) -> bytes:
+        """`count` reads of `size` bytes (INS), little-endian and concatenated. A device that
+        moves blocks (a disk's data port) may offer io_read_string; it must behave exactly
+        like the same number of single reads."""
+        attachment = self._by_port.get(port)
+        bulk = getattr(attachment.device, "io_read_string", None) if attachment else None
+        if bulk is None or (size > 1 and attachment.byte_wide):  # type: ignore[union-attr]
+            return b"".join(self.read(port, size).to_bytes(size, "little") for _ in range(count))
+        return bulk(port - attachment.base, size, count)  # type: ignore[union-attr]
+
+    def write_string(self, port: int, size: int, data: bytes) -> None:
+        """`len(data) // size` writes of `size` bytes (OUTS), in order; io_write_string likewise."""
+        attachment = self._by_port.get(port)
+        bulk = getattr(attachment.device, "io_write_string", None) if attachment else None
+        if bulk is None or (size > 1 and attachment.byte_wide):  # type: ignore[union-attr]
+            for offset in range(0, len(data), size):
+                self.write(port, size, int.from_bytes(data[offset:offset + size], "little"))
+            return
+        bulk(port - attachment.base, size, data)  # type: ignore[union-attr]
+
+
 class MmioBus:
     """Guest-physical MMIO ranges, reached through EPT violations on pages EPT leaves unmapped."""
 

@@ -165,6 +165,7 @@ class _Delivery:
         self.rflags = vcpu.read(U.UC_X86_REG_RFLAGS)
         self.cr0 = vcpu.read(U.UC_X86_REG_CR0)
         self.efer = vcpu.read_msr(0xC0000080)
+        self._pages: dict[tuple[int, MemoryAccess, bool], int] = {}   # this delivery's TLB
 
     def run(self) -> None:
         if not self.cr0 & 1:
@@ -177,22 +178,28 @@ class _Delivery:
             self._protected_mode()
 
     # --- memory --------------------------------------------------------------------------
+    def _translate(self, linear: int, access: MemoryAccess, user: bool) -> int:
+        """Like the processor's TLB, one walk per page for the whole delivery (the IDT entry,
+        the TSS field and the frame's slots mostly share pages)."""
+        key = (linear & ~0xFFF, access, user)
+        page = self._pages.get(key)
+        if page is None:
+            try:
+                page = self.vcpu.translate(linear & ~0xFFF, access, user)
+            except GuestPageFault as fault:
+                raise _Fault(PAGE_FAULT, fault.error_code, linear) from None
+            self._pages[key] = page
+        return page | (linear & 0xFFF)
+
     def _read(self, linear: int, size: int) -> int:
-        try:
-            data = self.vcpu.read_linear(linear, size, MemoryAccess.READ, user=False)
-        except GuestPageFault as fault:
-            raise _Fault(PAGE_FAULT, fault.error_code, fault.linear) from None
+        data = b"".join(self.vcpu.memory.read(self._translate(address, MemoryAccess.READ, False), len(chunk))
+                        for address, chunk in _split(linear, bytes(size)))
         return int.from_bytes(data, "little")
 
     def _commit(self, writes: list[tuple[int, bytes]], user: bool) -> None:
         """Translate every target, then write: a faulting push leaves memory unchanged."""
-        targets = []
-        for linear, data in writes:
-            try:
-                targets.append([(self.vcpu.translate(address, MemoryAccess.WRITE, user), chunk)
-                                for address, chunk in _split(linear, data)])
-            except GuestPageFault as fault:
-                raise _Fault(PAGE_FAULT, fault.error_code, fault.linear) from None
+        targets = [[(self._translate(address, MemoryAccess.WRITE, user), chunk)
+                    for address, chunk in _split(linear, data)] for linear, data in writes]
         for pieces in targets:
             for hpa, chunk in pieces:
                 self.vcpu.write_host(hpa, chunk)

@@ -75,3 +75,33 @@ def test_mmio_overlap_rejected_and_routing():
     assert bus.read(0xFEE00030, 4) == 0x30
     assert bus.read(0xFED00000, 4) is None
     assert bus.write(0xFEE000B0, 4, 0) and page.last == (0xB0, 0)
+
+
+class BlockDevice(Recorder):
+    """Offers the bulk string methods; records how it was called."""
+
+    def io_read_string(self, offset: int, size: int, count: int) -> bytes:
+        self.accesses.append(("R", offset, size, count))
+        return bytes(range(count * size))
+
+    def io_write_string(self, offset: int, size: int, data: bytes) -> None:
+        self.accesses.append(("W", offset, size, len(data)))
+
+
+def test_string_transfers_use_a_device_s_bulk_methods():
+    bus = PortBus()
+    device = BlockDevice()
+    bus.attach("disk", 0x1F0, 8, device, byte_wide=False)
+    assert bus.read_string(0x1F0, 2, 3) == bytes(range(6))
+    bus.write_string(0x1F0, 2, b"abcd")
+    assert device.accesses == [("R", 0, 2, 3), ("W", 0, 2, 4)]
+
+
+def test_string_transfers_fall_back_to_single_accesses():
+    bus = PortBus()
+    device = Recorder(0x1234)
+    bus.attach("dev", 0x60, 4, device, byte_wide=False)
+    assert bus.read_string(0x60, 2, 2) == bytes.fromhex("3412 3412")
+    bus.write_string(0x60, 2, bytes.fromhex("0100 0200"))
+    assert device.accesses == [("r", 0, 2, None), ("r", 0, 2, None), ("w", 0, 2, 1), ("w", 0, 2, 2)]
+    assert bus.read_string(0x9999, 1, 2) == b"\xff\xff"          # unclaimed: open bus

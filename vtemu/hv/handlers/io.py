@@ -111,19 +111,21 @@ def _transfer(cpu: "VmxCpu", ports: "PortSpace", direction: IoDirection, port: i
         hpa = vcpu.translate(linear, MemoryAccess.WRITE, user)
         if (linear & 0xFFF) + length > 0x1000:
             vcpu.translate(linear + length - 1, MemoryAccess.WRITE, user)
-        values = [ports.read(port, size) for _ in range(count)]
+        data = ports.read_string(port, size, count)
         if descending:
-            values.reverse()
-        data = b"".join(value.to_bytes(size, "little") for value in values)
+            data = _reversed_elements(data, size)
         if (linear & 0xFFF) + length <= 0x1000:
             vcpu.write_host(hpa, data)
         else:
             vcpu.write_linear(linear, data, user)
         return
     data = vcpu.read_linear(linear, length, MemoryAccess.READ, user)
-    elements = [int.from_bytes(data[i:i + size], "little") for i in range(0, length, size)]
-    for value in reversed(elements) if descending else elements:
-        ports.write(port, size, value)
+    ports.write_string(port, size, _reversed_elements(data, size) if descending else data)
+
+
+def _reversed_elements(data: bytes, size: int) -> bytes:
+    """The elements of `data` in the opposite order (DF = 1 walks memory downwards)."""
+    return b"".join(data[i:i + size] for i in range(len(data) - size, -1, -size))
 
 
 HANDLERS = {ExitReason.IO_INSTRUCTION: handle_io}
