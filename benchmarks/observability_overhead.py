@@ -12,13 +12,15 @@ from EAX before the handler). Each configuration attaches what the command line 
     trace+jsonl   `vtemu trace --jsonl`: records streamed to a file, formatting included
     trace+chrome  `vtemu trace`: Chrome trace-event JSON, formatting included
 
-All configurations run in one process, alternating, several times; the table gives the
+All configurations run in one process, alternating, several times (a full garbage
+collection before each, so no run pays for its predecessor's garbage); the table gives the
 median host time of each and its ratio to the median plain run.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -102,6 +104,7 @@ def _timed_run(image: bytes, firmware: bytes, attach: Attach, scratch: Path) -> 
     """Host seconds for the run (and, for traces, writing the file); the exits taken."""
     partitions = build_partitions([PartitionSpec("outloop", image)], firmware,
                                   lambda index, spec: lambda data: None)
+    gc.collect()     # the previous run's cyclic garbage is collected here, not during this run
     start = time.perf_counter()
     finish = attach(partitions, scratch)
     Runner(partitions, RunLimits(timeout_s=600)).run()

@@ -51,6 +51,8 @@ def test_terminal_input_polled_without_waiting_replays_exactly() -> None:
     tty.setraw(slave)
     source = SerialInput(slave)
     assert source.interactive
+    deadline = time.monotonic() + 60
+    source.cancelled = lambda: time.monotonic() > deadline   # never hang the suite on a wait
 
     def typist() -> None:
         for line in TYPED.splitlines(keepends=True):
@@ -142,3 +144,17 @@ def test_record_from_a_file_and_replay_with_run(capsys, tmp_path) -> None:
     first = capsys.readouterr().out
     assert main(["run", ECHO, "--replay", str(log)]) == 3
     assert capsys.readouterr().out == first
+
+
+def test_a_diverging_replay_is_one_line_on_the_command_line(capsys, tmp_path) -> None:
+    typed, log = tmp_path / "typed.txt", tmp_path / "log.json"
+    typed.write_bytes(TYPED)
+    main(["run", ECHO, "--serial-in", str(typed), "--record", str(log)])
+    capsys.readouterr()
+    data = json.loads(log.read_text())
+    data["at"][1][0] += 3                     # as if recorded from another image
+    log.write_text(json.dumps(data))
+    code = main(["run", ECHO, "--replay", str(log)])
+    err = capsys.readouterr().err
+    assert code == RunEnd.BAD_INPUT and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "diverged from the recording at input byte 1" in err

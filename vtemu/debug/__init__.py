@@ -1,1 +1,2 @@
-"""Debugging: exit history, statistics, stepping."""
+"""Debugging and observability: exit statistics breakdowns (breakdown, report), traces
+(trace, trace_export, filters) and what each exit family carries (exitinfo)."""

@@ -6,14 +6,18 @@ Per exit the recorder appends one plain tuple, laid out as `TraceRecord`:
 
 `seq` is the exit's number on its vCPU (0, 1, ...; gaps are exits a filter left out),
 `instructions` the guest instructions retired before it (VmExit.instructions), `reason` the
-ExitReason (a plain int in the raw tuple, so that a tuple of atoms is one the garbage
-collector stops tracking: a long trace must not slow every later collection), `qualification` the raw exit qualification (decoded only when exported), `ts_ns`
-the host time the handler started, relative to the start of the trace, `dur_ns` the handler's
-time, `injected` the vector the handler injected (e.g. #GP for an unknown MSR) or None, and
-`payload` a tuple of the values vtemu.debug.exitinfo names for the exit's family (operands
-read before the handler, results after it; results are None when the handler injected a
-fault). Nothing is formatted while the guest runs: records are flushed to a writer in chunks
-of `chunk` records (bounded memory), or kept in memory when there is no writer.
+ExitReason, `qualification` the raw exit qualification (decoded only when exported), `ts_ns`
+the host time the handler started, relative to the start of the trace, `dur_ns` the
+handler's time, `injected` the vector the handler injected (e.g. #GP for an unknown MSR) or
+None, and `payload` a tuple of the values vtemu.debug.exitinfo names for the exit's family
+(operands read before the handler, results after it; results are None when the handler
+injected a fault).
+
+Nothing is formatted while the guest runs: records are flushed to a writer in chunks of
+`chunk` records (bounded memory), or kept in memory when there is no writer. In the raw
+tuple the reason is a plain int, so every record holds only atoms and the garbage collector
+stops tracking it: an ExitReason member would keep a long trace in every full collection,
+which made tracing twice as costly.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 
-from vtemu.debug.exitinfo import FAMILIES, NO_PAYLOAD, Family
+from vtemu.debug.exitinfo import FAMILIES, NO_PAYLOAD
 from vtemu.debug.filters import ExitFilter
 from vtemu.vmx.fields import VmcsField as F
 from vtemu.vmx.reasons import ExitReason
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 16
 _VALID = 1 << 31
+_ENTRY_INTERRUPTION = F.VM_ENTRY_INTR_INFO_FIELD
+_now = time.perf_counter_ns
 
 
 class TraceRecord(NamedTuple):
@@ -88,17 +94,22 @@ class TraceRecorder:
             self._open.append(None)
             return
         family = FAMILIES.get(exit.reason, NO_PAYLOAD)
-        operands = family.operands(exit, cpu)
-        self._open.append((cpu, family, operands, time.perf_counter_ns()))
+        self._open.append((cpu, family, family.operands(exit, cpu), _now()))
 
     def _after(self, exit: "VmExit", outcome: "Outcome", elapsed_ns: int) -> None:
         entry = self._open.pop()
         if entry is None:
             return
-        cpu, family, operands, start = entry
-        injection = cpu.vmcs.stored(F.VM_ENTRY_INTR_INFO_FIELD)
+        cpu, family, payload, start = entry
+        injection = cpu.vmcs.stored(_ENTRY_INTERRUPTION)
         injected = injection & 0xFF if injection & _VALID else None
-        payload = operands + _results(family, exit, cpu, operands, injected)
+        missing = len(family.fields) - len(payload)
+        if missing:
+            # Results are read after the handler; none when the instruction faulted.
+            if injected is None and family.results is not None:
+                payload += family.results(exit, cpu)
+            else:
+                payload += (None,) * missing
         if self.filter is not None and not self.filter.matches(exit.reason, cpu.index, exit.guest_rip,
                                                                payload):
             return
@@ -123,16 +134,6 @@ class TraceRecorder:
     def detach(self) -> None:
         self.partition.exit_inspectors.remove(self._before)
         self.partition.exit_observers.remove(self._after)
-
-
-def _results(family: Family, exit: "VmExit", cpu: "VmxCpu", operands: tuple,
-             injected: int | None) -> tuple:
-    missing = len(family.fields) - len(operands)
-    if not missing:
-        return ()
-    if injected is not None or family.results is None:
-        return (None,) * missing   # the instruction faulted (or has no result): nothing to read
-    return family.results(exit, cpu)
 
 
 class TraceSession:

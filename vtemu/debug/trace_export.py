@@ -120,8 +120,8 @@ def chrome_event_json(record: tuple) -> str:
     vector = payload[0] if reason is ExitReason.EXCEPTION_OR_NMI and payload else None
     decoded = _decoded_json(reason, qualification, vector)
     members = _payload_json(reason, payload, True)
-    return (f'{{"name":"{reason.name}","cat":"{_category(reason)}","ph":"X","ts":{_us(ts_ns)},'
-            f'"dur":{_us(dur_ns)},"pid":{partition},"tid":{vcpu},"args":{{"seq":{seq},'
+    return (f'{{"name":"{reason.name}","cat":"{_category(reason)}","ph":"X","ts":{_us_text(ts_ns)},'
+            f'"dur":{_us_text(dur_ns)},"pid":{partition},"tid":{vcpu},"args":{{"seq":{seq},'
             f'"number":{int(number)},"instructions":{instructions},"rip":"{rip:#x}",'
             f'"qualification":"{qualification:#x}"'
             + ("" if decoded == "{}" else f',"decoded":{decoded}')
@@ -279,8 +279,13 @@ class ChromeTraceWriter(_FileWriter):
         super().close()
 
 
+def _us_text(ns: int) -> str:
+    """Nanoseconds as microseconds with three decimals, exactly (no float formatting)."""
+    return f"{ns // 1000}.{ns % 1000:03d}" if ns >= 0 else f"-{_us_text(-ns)}"
+
+
 def _us(ns: int) -> float:
-    return round(ns / 1000, 3)
+    return float(_us_text(ns))
 
 
 def open_output(path: str | Path) -> IO[str]:
