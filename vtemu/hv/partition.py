@@ -75,6 +75,7 @@ class Partition:
         self.ports = PortBus()
         self.mmio = MmioBus()
         self.stats = ExitStats()
+        self.callout_stats = ExitStats()    # binary translation's calls into the hypervisor
         self.result: Shutdown | None = None
         self._exit_value: int | None = None
         self._pending: dict[int, list[int]] = {}
@@ -161,7 +162,7 @@ class Partition:
         if self._exit_value is not None and not isinstance(outcome, Shutdown):
             outcome = Shutdown(self._exit_value, "the guest wrote to isa-debug-exit")
         elapsed = time.perf_counter_ns() - start
-        self.stats.record(cpu.index, exit.reason, elapsed)
+        (self.callout_stats if exit.callout else self.stats).record(cpu.index, exit.reason, elapsed)
         for observer in self.exit_observers:
             observer(exit, outcome, elapsed)
         return self._decide(outcome)

@@ -101,6 +101,17 @@ PORT_MAP: dict[str, PortRange] = {
 }
 
 
+# Binary translation: one 4 MiB window per vCPU and code mode (modes/bt/region.py).
+BT_HPA = 0x90_0000_0000
+BT_WINDOW_SIZE = 4 * MiB
+
+
+def bt_window_hpa(partition_index: int, vcpu_index: int, long_mode: bool) -> int:
+    """Host memory behind a vCPU's translation-cache window (VMM-private)."""
+    slot = (partition_index * 256 + vcpu_index) * 2 + int(long_mode)
+    return BT_HPA + slot * BT_WINDOW_SIZE
+
+
 def partition_ram_hpa(partition_index: int) -> int:
     """HPA where a partition's RAM buffer is mapped into the vCPUs' physical space."""
     return PARTITION_RAM_HPA + partition_index * PARTITION_HPA_STRIDE

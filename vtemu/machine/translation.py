@@ -37,6 +37,7 @@ class Fill:
     writable: bool
     executable: bool
     dirty: bool = True
+    vmm: bool = False       # the hypervisor's own memory (a translation cache): no site scanning
 
 
 class TranslationFault(Exception):
@@ -78,6 +79,14 @@ class SecondLevelFault(TranslationFault):
         self.gpa = gpa
         self.qualification = qualification
         self.linear = linear
+
+
+class Overlay(Protocol):
+    """Linear pages a CPU mode's engine serves itself before the translator is asked (a binary
+    translator's code cache): a Fill, None to fall through, or a TranslationFault to refuse.
+    `context` is the CPU state at the access (machine/cpustate.py CpuContext)."""
+
+    def fill(self, linear: int, access: MemoryAccess, context: object) -> Fill | None: ...
 
 
 class Translator(Protocol):

@@ -45,6 +45,7 @@ INSN_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, _VOIDP, ctypes.c_uint32, ctypes.c
 INSN_OUT_CB = ctypes.CFUNCTYPE(None, _VOIDP, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, _VOIDP)
 INSN_SKIP_CB = ctypes.CFUNCTYPE(ctypes.c_int, _VOIDP, _VOIDP)          # CPUID, RDTSC, RDTSCP
 INSN_INVALID_CB = ctypes.CFUNCTYPE(ctypes.c_bool, _VOIDP, _VOIDP)
+INSN_SYSCALL_CB = ctypes.CFUNCTYPE(None, _VOIDP, _VOIDP)
 TLB_FILL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, _VOIDP, ctypes.c_uint64, ctypes.c_int,
                                ctypes.POINTER(_binding.uc_tlb_entry), _VOIDP)
 
@@ -146,6 +147,13 @@ class Engine:
     def hook_skipping_insn(self, instruction: int, function: Callable[[], int]) -> _Hook:
         """CPUID, RDTSC or RDTSCP: the callback returns 1 to skip the native instruction."""
         return self._add(unicorn.UC_HOOK_INSN, INSN_SKIP_CB, function, 1, 1, 0, instruction)
+
+    def hook_syscall(self, function: Callable[[], None]) -> _Hook:
+        """SYSCALL: Unicorn calls this instead of the instruction's semantics, then adds the
+        instruction's length (2) to RIP (helper_syscall): a callback that moves RIP to T
+        must write T - 2."""
+        return self._add(unicorn.UC_HOOK_INSN, INSN_SYSCALL_CB, function, None, 1, 0,
+                         X.UC_X86_INS_SYSCALL)
 
     def hook_invalid(self, function: Callable[[], bool]) -> _Hook:
         return self._add(unicorn.UC_HOOK_INSN_INVALID, INSN_INVALID_CB, function, False)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Protocol
+from contextlib import contextmanager
+from typing import Callable, Iterator, Protocol
 
 import unicorn
 import unicorn.x86_const as U
@@ -31,7 +32,8 @@ from vtemu.machine.decode import CodeMode, Decoder, Instruction, MAX_INSN_LENGTH
 from vtemu.machine.memory import HostMemory, HostRegion
 from vtemu.machine.sites import Site, SiteKind, SiteRegistry
 from vtemu.machine.translation import (Fill, GuestPageFault, MemoryAccess, NonCanonicalAddress,
-                                      PagingRegs, TranslationFault, Translator, canonical)
+                                      Overlay, PagingRegs, TranslationFault, Translator,
+                                      canonical)
 from vtemu.machine.unicorn_ffi import UC_ERR_EXCEPTION, UC_ERR_INSN_INVALID, UC_ERR_OK, Engine
 
 UC_MEM_READ = unicorn.UC_MEM_READ
@@ -55,6 +57,14 @@ class GuestException(Exception):
         super().__init__(f"exception {vector}" + ("" if error_code is None else f"({error_code:#x})"))
         self.vector = vector
         self.error_code = error_code
+
+
+class CodeObserver(Protocol):
+    """Someone who keeps code derived from guest pages (a binary translator): data TLB entries
+    for its pages never allow writing, and the first write is announced."""
+
+    def watches(self, hpa_page: int) -> bool: ...
+    def written(self, hpa_page: int) -> None: ...
 
 
 class CpuEvents(Protocol):
@@ -106,6 +116,9 @@ class VCpu:
         self.clock = clock
         self.translator = translator
         self.vmm_translator: Translator | None = None
+        self.overlay: Overlay | None = None
+        self.callout: Callable[[], None] = self._no_callout
+        self.code_observer: CodeObserver | None = None
         self.write_observers: list[Callable[[int, int], None]] = []
         self.events: CpuEvents = events if events is not None else _NoEvents()
         self.decoder = Decoder()
@@ -144,6 +157,7 @@ class VCpu:
         engine.hook_skipping_insn(U.UC_X86_INS_RDTSCP, lambda: self._on_rdtsc(True))
         engine.hook_interrupt(self._on_interrupt)
         engine.hook_invalid(self._on_invalid)
+        engine.hook_syscall(lambda: self.callout())
         engine.hook_tlb_fill(self._on_tlb_fill)
 
     def reset(self) -> None:
@@ -502,6 +516,22 @@ class VCpu:
     def _on_invalid(self) -> bool:
         return False
 
+    @contextmanager
+    def before_instruction(self) -> Iterator[None]:
+        """Code that performs an instruction for the guest from inside a hook, before the
+        instruction executes (a translated-code callout), as a site handler does."""
+        self._epoch += 1
+        self._phase = _Phase.BEFORE
+        try:
+            yield
+        finally:
+            self._phase = _Phase.NONE
+
+    @staticmethod
+    def _no_callout() -> None:
+        raise RuntimeError("SYSCALL reached Unicorn's instruction hook: a guest SYSCALL is a "
+                           "site (fastcall.py), so only a translation cache's callout may")
+
     def _on_tlb_fill(self, vpage: int, uc_access: int, entry: object) -> bool:
         if self._refuse_fills:
             return False
@@ -510,7 +540,9 @@ class VCpu:
         context = self.context.load()
         user = context.cpl == 3 and not _implicit_supervisor(context, vpage)
         try:
-            fill = self._translate(self.paging_regs(), vpage, access, user)
+            fill = self.overlay.fill(vpage, access, context) if self.overlay else None
+            if fill is None:
+                fill = self._translate(self.paging_regs(), vpage, access, user)
         except TranslationFault as fault:
             if self._fault is None:  # a spurious fill may follow the refused one (DESIGN.md)
                 self._fault = (fault, access)
@@ -521,6 +553,15 @@ class VCpu:
 
     def _grant(self, vpage: int, fill: Fill, access: MemoryAccess) -> int:
         """Permissions for the TLB entry: never write and execute together on scanned code."""
+        if fill.vmm:
+            return ((PROT_R if fill.readable else 0) | (PROT_W if fill.writable else 0)
+                    | (PROT_X if fill.executable else 0))
+        observer = self.code_observer
+        if observer is not None and access is not MemoryAccess.FETCH and observer.watches(fill.hpa):
+            if access is MemoryAccess.WRITE:
+                observer.written(fill.hpa)          # translated code is about to change
+                return PROT_R | PROT_W
+            return PROT_R                           # so that a write comes back here
         if access is MemoryAccess.FETCH:
             self.sites.fetched(vpage, fill.hpa, lambda: self._code_window(vpage, fill.hpa))
             return PROT_R | PROT_X

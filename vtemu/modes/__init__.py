@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from vtemu.modes import vtx
+from vtemu.modes import bt, vtx
 
 if TYPE_CHECKING:
     from vtemu.hv.partition import Partition
@@ -14,4 +14,5 @@ Configure = Callable[["VmxCpu", "Partition"], None]
 
 MODES: dict[str, Configure] = {
     "vtx": vtx.configure,
+    "bt": bt.configure,
 }

@@ -56,6 +56,15 @@ _MODES = {0: CodeMode.BITS16, HF_CS32: CodeMode.BITS32, HF_CS32 | HF_CS64: CodeM
 
 
 
+class ModeEngine(Protocol):
+    """A CPU-virtualization technique that runs guest code its own way (binary translation):
+    it prepares each slice and turns what stopped it back into the guest's precise state."""
+
+    def before_run(self) -> bool: ...
+    def after_run(self, stop: Stop) -> Stop: ...
+    def takes_exits(self) -> bool: ...
+
+
 class PortSpace(Protocol):
     def read(self, port: int, size: int) -> int: ...
     def write(self, port: int, size: int, value: int) -> None: ...
@@ -107,6 +116,7 @@ class VmxCpu:
         self.pause_loop = instructions.PauseLoop()
         self._paging: tuple[Translator, Translator] | None = None
         self.mtf_pending = False
+        self.mode_engine: ModeEngine | None = None
         vcpu.events = self
 
     # --- state the hypervisor and handlers use --------------------------------------------
@@ -205,7 +215,12 @@ class VmxCpu:
     def _take(self, exit: VmExit) -> None:
         self._advanced = False
         self.pause_loop.forget()
-        decision = vm_exit(self, exit)
+        if self.mode_engine is not None and self.mode_engine.takes_exits():
+            # Binary translation: the hypervisor's routine runs as a callout from translated
+            # code, with no VMX transition and nothing recorded in the VMCS.
+            decision = self.exit_handler(exit._replace(callout=True))
+        else:
+            decision = vm_exit(self, exit)
         self._after_exit(exit, decision)
 
     def _after_exit(self, exit: VmExit, decision: ExitDecision) -> None:
@@ -336,11 +351,16 @@ class VmxCpu:
         if not self._prepare():
             return False
         budget = self._slice_budget(budget)
+        engine = self.mode_engine
+        if engine is not None and not engine.before_run():
+            return True                 # the engine raised an event instead: deliver it first
         self._inline = True
         try:
             stop = self.vcpu.run(budget)
         finally:
             self._inline = False
+        if engine is not None:
+            stop = engine.after_run(stop)
         if stop.retired and P.MONITOR_TRAP_FLAG in self.intercepts.primary:
             self.mtf_pending = True     # the instruction completed: MTF exit next (SDM 25.5.2)
         self._handle_stop(stop)

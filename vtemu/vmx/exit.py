@@ -51,6 +51,7 @@ class VmExit(NamedTuple):
     sequence: int = 0
     vcpu: int = 0
     instructions: int = 0
+    callout: bool = False       # a binary translator's call into the hypervisor, not a VM exit
 
     def decoded(self, layout: type[Q]) -> Q:
         """The qualification in one of vmx/qualifications.py's typed layouts."""
