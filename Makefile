@@ -10,10 +10,17 @@ VTEMU  := $(BIN)/vtemu
 BUILD  := build
 GUEST_SOURCES := $(wildcard guests/*.S)
 GUEST_IMAGES  := $(patsubst guests/%.S,$(BUILD)/guests/%.bin,$(GUEST_SOURCES))
+# Guests written with guests/include/pvops.inc (or vmbus.inc) also get their enlightened
+# build, NAME.pv.bin.
+PV_SOURCES    := $(shell grep -l -e 'pvops.inc' -e 'vmbus.inc' $(GUEST_SOURCES))
+PV_IMAGES     := $(patsubst guests/%.S,$(BUILD)/guests/%.pv.bin,$(PV_SOURCES))
 FIRMWARE      := $(BUILD)/firmware/vtemu-fw.bin
 INCLUDES      := $(wildcard guests/include/*.inc)
+# Benchmark guests (benchmarks/*.S, `vtemu bench`), assembled into build/benchmarks/.
+BENCH_SOURCES := $(wildcard benchmarks/*.S)
+BENCH_IMAGES  := $(patsubst benchmarks/%.S,$(BUILD)/benchmarks/%.bin,$(BENCH_SOURCES))
 
-.PHONY: all demo test test-fast venv firmware guests bench clean
+.PHONY: all demo test test-fast venv firmware guests benchmark-guests bench clean
 
 all: firmware guests
 
@@ -30,7 +37,10 @@ firmware: $(FIRMWARE)
 $(FIRMWARE): firmware/vtemu-fw.S $(VENV)/.installed
 	$(VTEMU) asm --rom $< -o $@
 
-guests: $(GUEST_IMAGES)
+guests: $(GUEST_IMAGES) $(PV_IMAGES)
+
+$(BUILD)/guests/%.pv.bin: guests/%.S $(INCLUDES) $(VENV)/.installed
+	$(VTEMU) asm --pv $< -o $@
 
 $(BUILD)/guests/%.bin: guests/%.S $(INCLUDES) $(VENV)/.installed
 	$(VTEMU) asm $< -o $@
@@ -44,7 +54,12 @@ test: firmware guests
 test-fast: firmware guests
 	$(BIN)/python -m pytest -n auto -q -m "not slow and not differential"
 
-bench: firmware guests
+benchmark-guests: $(BENCH_IMAGES)
+
+$(BUILD)/benchmarks/%.bin: benchmarks/%.S $(INCLUDES) $(VENV)/.installed
+	$(VTEMU) asm $< -o $@
+
+bench: firmware guests benchmark-guests
 	$(VTEMU) bench
 
 clean:

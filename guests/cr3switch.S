@@ -13,12 +13,16 @@
 # increments it. At the end every space's counter must be exactly ROUNDS, read through V in
 # that space and through the frame's identity address.
 #
+# Built with PV (pvops.inc) each switch is HvCallSwitchVirtualAddressSpace and the console
+# is the console hypercall.
+#
 # Exit codes: 0 success, 1 unexpected exception, 2 V showed another space's page, 3 a
 # counter was wrong during the rounds, 4 a final counter was wrong, 5 V was mapped in the
 # boot address space, 6 that #PF had the wrong error code or CR2.
 
 .include "multiboot.inc"
 .include "serial.inc"
+.include "pvops.inc"
 .include "x86.inc"
 .include "long64.inc"
 
@@ -42,7 +46,7 @@
 .code32
 _start:
     mov esp, stack_top
-    SERIAL_INIT
+    PV_SERIAL_INIT
     LONG64_ENTER long_mode
 
 .code64
@@ -91,7 +95,7 @@ round_loop:
 space_loop:
     imul eax, r13d, SPACE_SIZE
     add eax, spaces
-    mov cr3, rax
+    PV_LOAD_CR3 rax
     mov rsi, V
     cmp [rsi + D_TAG], r13
     jne wrong_space
@@ -111,7 +115,7 @@ space_loop:
 final_loop:
     imul eax, r13d, SPACE_SIZE
     add eax, spaces
-    mov cr3, rax
+    PV_LOAD_CR3 rax
     mov rsi, V
     cmp [rsi + D_TAG], r13
     jne wrong_space
@@ -123,7 +127,7 @@ final_loop:
     cmp r13d, SPACES
     jb final_loop
     mov eax, pml4
-    mov cr3, rax
+    PV_LOAD_CR3 rax
 
     PUTS msg_switches
     mov eax, [switches]
@@ -143,7 +147,7 @@ print_counters:
     jb print_counters
     PUTS newline
     PUTS msg_done
-    EXIT 0
+    PV_EXIT 0
 
 # --- the one expected #PF: error 0, CR2 = V, at fault_read -------------------------------------
 pf_handler:
@@ -167,41 +171,41 @@ pf_handler:
 # --- failures ------------------------------------------------------------------------------------
 wrong_space:
     mov eax, pml4
-    mov cr3, rax
+    PV_LOAD_CR3 rax
     PUTS msg_wrong_space
     mov eax, r13d
     call serial_dec32
     PUTS newline
-    EXIT 2
+    PV_EXIT 2
 wrong_counter:
     mov eax, pml4
-    mov cr3, rax
+    PV_LOAD_CR3 rax
     PUTS msg_wrong_counter
     mov eax, r13d
     call serial_dec32
     PUTS newline
-    EXIT 3
+    PV_EXIT 3
 final_wrong:
     mov eax, pml4
-    mov cr3, rax
+    PV_LOAD_CR3 rax
     PUTS msg_final_wrong
     mov eax, r13d
     call serial_dec32
     PUTS newline
-    EXIT 4
+    PV_EXIT 4
 v_mapped:
     PUTS msg_v_mapped
-    EXIT 5
+    PV_EXIT 5
 wrong_fault:
     PUTS msg_wrong_fault
-    EXIT 6
+    PV_EXIT 6
 unexpected:
     mov eax, pml4
-    mov cr3, rax
+    PV_LOAD_CR3 rax
     PUTS msg_unexpected
-    EXIT 1
+    PV_EXIT 1
 
-SERIAL_ROUTINES
+PVOPS_ROUTINES64
 LONG64_ROUTINES
 LONG64_TABLES
 

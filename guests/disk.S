@@ -18,6 +18,21 @@
 # error); and the number of IRQ 14s taken. POST codes D1h-D8h (port 80h) mark the phases, so a
 # test can count the VM exits of each.
 #
+# Enlightened build (-D PV, `vtemu asm --pv`, run with `--mode pv`): the same workload over
+# vtemu's VMBus-like channel (guests/include/vmbus.inc) instead of the ATA ports. The guest
+# enables the hypercall page, makes contact, reads the offers, opens the synthetic console and
+# the synthetic storage channel, and from then on prints through the console (one packet and
+# one hypercall a line). Storage requests name their buffers by page, so the data never passes
+# through the rings: the 384-sector read is two requests, the 300-sector write two, the
+# read-back two with the inbound ring's interrupt mask set (completions polled, and no
+# interrupt may arrive), and the 64 sectors eight requests of 8; each batch is one
+# HvCallSignalEvent and (unmasked) one interrupt on vector 51h. The lines that describe the
+# ATA protocol (reset signature, device 1, IDENTIFY) become the channel and capacity lines;
+# every line of the workload -- checksums, range errors, "disk: done" -- is the same bytes.
+# PV exit codes: 1 no hypercall interface, no channel or no storage offered, 4 disk too small, 5 a read failed,
+# 6 a write failed, 7 read-back mismatch, 8 an interrupt while masked, 11 no range error,
+# 13 a ring full, 14 an open failed.
+#
 # Exit codes: 0 success, 1 no disk (status FFh), 2 wrong reset signature, 3 unexpected
 # interrupt, 4 IDENTIFY failed, 5 a read failed, 6 a write failed, 7 read-back mismatch,
 # 8 an interrupt while nIEN was set, 9 the drive stayed busy, 10 READ MULTIPLE failed,
@@ -27,6 +42,9 @@
 .include "serial.inc"
 .include "x86.inc"
 .include "pm32.inc"
+.ifdef PV
+.include "vmbus.inc"
+.endif
 
 .equ ATA_DATA, 0x1F0
 .equ ATA_ERROR, 0x1F1
@@ -69,6 +87,14 @@
 .equ WRITE_LBA, 4096
 .equ MULTIPLE_BLOCK, 8
 .equ MULTIPLE_SECTORS, 64
+.ifdef PV
+.equ WRITTEN_SECTORS, 300
+.equ VMBUS_MESSAGE_VECTOR, 0x50
+.equ STORAGE_VECTOR, 0x51
+.equ CONSOLE_VECTOR, 0x52
+.equ VMBUS_RING_FULL_EXIT, 13
+.equ PV_BSS_SIZE, 0x10000 + 384 * 512 + 0x2000    # channel pages, buffer, 8 KiB stack
+.endif
 
 .macro FAIL code, message
     PUTS \message
@@ -85,6 +111,9 @@ _start:
     PM32_ENTER
     cld
     SERIAL_INIT
+.ifdef PV
+    jmp pv_start
+.endif
     PUTS msg_start
     POST PHASE_BASE + 1
 
@@ -686,6 +715,352 @@ ata_handler:
 unexpected:
     FAIL 3, msg_unexpected
 
+.ifdef PV
+# --- the enlightened build: the workload over the VMBus-like channel ---------------------------
+
+.macro SAY label
+    mov esi, \label
+    call con_puts
+.endm
+
+.macro EXPECT_OK count, code
+    mov ecx, \count
+    mov ebx, \code
+    call pv_expect_ok
+.endm
+
+pv_start:
+    PUTS msg_pv_start
+    POST PHASE_BASE + 1
+    PM32_IDT_FILL unexpected                 # the message ring is polled: its vector is unexpected
+    PM32_GATE STORAGE_VECTOR, pv_storage_handler
+    PIC_REMAP IRQ_BASE, 0xFF, 0xFF           # nothing comes through the 8259
+    mov dword ptr [irq_count], 0
+    mov byte ptr [irq_flag], 0
+    sti
+    call hv_enable
+    test eax, eax
+    jz pv_interface
+    FAIL 1, msg_pv_no_interface
+pv_interface:
+    call vmbus_connect
+    test eax, eax
+    jz pv_connected
+    FAIL 1, msg_pv_no_channel
+pv_connected:
+    mov eax, storage_channel
+    cmp dword ptr [eax + CHANNEL_RELID], 0
+    jne pv_have_storage
+    FAIL 1, msg_pv_no_storage
+pv_have_storage:
+    mov esi, console_channel
+    mov eax, CONSOLE_VECTOR
+    call vmbus_open
+    test eax, eax
+    jnz pv_open_failed
+    mov esi, storage_channel
+    mov eax, STORAGE_VECTOR
+    call vmbus_open
+    test eax, eax
+    jz pv_opened
+pv_open_failed:
+    FAIL 14, msg_pv_open_failed
+pv_opened:
+    SAY msg_pv_storage
+    mov eax, storage_channel
+    mov eax, [eax + CHANNEL_RELID]
+    call con_dec32
+    SAY msg_pv_console
+    mov eax, console_channel
+    mov eax, [eax + CHANNEL_RELID]
+    call con_dec32
+    call con_newline
+    call con_flush
+
+    # --- capacity --------------------------------------------------------------------------
+    POST PHASE_BASE + 2
+    mov eax, STOR_QUERY_CAPACITY
+    xor ebx, ebx
+    xor ecx, ecx
+    mov edi, pv_buffer
+    mov edx, 1
+    call storvsc_request
+    call pv_submit_and_wait
+    call storvsc_completion
+    test eax, eax
+    jnz pv_capacity_failed
+    mov [capacity], ebx
+    SAY msg_pv_capacity
+    mov eax, [capacity]
+    call con_dec32
+    SAY msg_sectors
+    mov eax, [capacity]
+    shr eax, 11
+    call con_dec32
+    SAY msg_pv_mib
+    call con_flush
+    cmp dword ptr [capacity], WRITE_LBA + 304
+    jae pv_capacity_ok
+pv_capacity_failed:
+    FAIL 4, msg_pv_too_small
+pv_capacity_ok:
+
+    # --- 384 sectors from LBA 0, two requests, one signal, one interrupt --------------------
+    POST PHASE_BASE + 3
+    mov eax, STOR_READ
+    xor ebx, ebx
+    mov ecx, 256
+    mov edi, pv_buffer
+    mov edx, 2
+    call storvsc_request
+    mov eax, STOR_READ
+    mov ebx, 256
+    mov ecx, 128
+    mov edi, pv_buffer + 256 * 512
+    mov edx, 3
+    call storvsc_request
+    call pv_submit_and_wait
+    EXPECT_OK 2, 5
+    mov dword ptr [checksum], FNV_OFFSET
+    mov esi, pv_buffer
+    mov ecx, 384 * 128
+    call checksum_dwords
+    SAY msg_read
+    mov eax, [checksum]
+    call con_hex32
+    call con_newline
+    call con_flush
+
+    # --- 300 sectors written at LBA 4096 -----------------------------------------------------
+    POST PHASE_BASE + 4
+    mov ebx, WRITE_LBA
+    mov edi, pv_buffer
+    mov ebp, WRITTEN_SECTORS
+    call pv_fill_patterns
+    mov eax, STOR_WRITE
+    mov ebx, WRITE_LBA
+    mov ecx, 200
+    mov edi, pv_buffer
+    mov edx, 4
+    call storvsc_request
+    mov eax, STOR_WRITE
+    mov ebx, WRITE_LBA + 200
+    mov ecx, 100
+    mov edi, pv_buffer + 200 * 512
+    mov edx, 5
+    call storvsc_request
+    call pv_submit_and_wait
+    EXPECT_OK 2, 6
+    SAY msg_wrote
+    call con_flush
+
+    # --- read back with the inbound ring's interrupt mask set: completions polled ------------
+    POST PHASE_BASE + 5
+    mov eax, [irq_count]
+    mov [irq_before], eax
+    mov eax, storage_rings + RING_INBOUND
+    mov dword ptr [eax + RING_INTERRUPT_MASK], 1
+    mov edi, pv_buffer
+    mov ecx, WRITTEN_SECTORS * 128
+    xor eax, eax
+    rep stosd
+    mov eax, STOR_READ
+    mov ebx, WRITE_LBA
+    mov ecx, 256
+    mov edi, pv_buffer
+    mov edx, 6
+    call storvsc_request
+    mov eax, STOR_READ
+    mov ebx, WRITE_LBA + 256
+    mov ecx, 44
+    mov edi, pv_buffer + 256 * 512
+    mov edx, 7
+    call storvsc_request
+    mov esi, storage_channel
+    call vsc_signal
+    mov ecx, POLL_LIMIT
+pv_poll:
+    mov esi, storage_rings + RING_INBOUND
+    mov eax, [esi + RING_WRITE_INDEX]
+    sub eax, [esi + RING_READ_INDEX]
+    and eax, RING_WRAP
+    cmp eax, 2 * 32                          # both completions are there
+    jae pv_polled
+    dec ecx
+    jnz pv_poll
+    FAIL 9, msg_busy
+pv_polled:
+    EXPECT_OK 2, 5
+    mov eax, storage_rings + RING_INBOUND
+    mov dword ptr [eax + RING_INTERRUPT_MASK], 0
+    mov eax, [irq_count]
+    cmp eax, [irq_before]
+    je pv_polled_quiet
+    FAIL 8, msg_irq_while_masked
+pv_polled_quiet:
+    mov ebx, WRITE_LBA
+    mov esi, pv_buffer
+    mov ebp, WRITTEN_SECTORS
+    call pv_verify_and_checksum
+    SAY msg_verified
+    mov eax, [checksum]
+    call con_hex32
+    call con_newline
+    call con_flush
+
+    # --- 64 sectors as 8 requests of 8, one batch --------------------------------------------
+    POST PHASE_BASE + 6
+    mov edi, pv_buffer
+    mov ecx, MULTIPLE_SECTORS * 128
+    xor eax, eax
+    rep stosd
+    xor ebp, ebp
+pv_block_request:
+    mov eax, STOR_READ
+    mov ebx, ebp
+    shl ebx, 3
+    add ebx, WRITE_LBA
+    mov ecx, MULTIPLE_BLOCK
+    mov edi, ebp
+    shl edi, 12
+    add edi, pv_buffer
+    lea edx, [ebp + 8]
+    call storvsc_request
+    inc ebp
+    cmp ebp, MULTIPLE_SECTORS / MULTIPLE_BLOCK
+    jb pv_block_request
+    call pv_submit_and_wait
+    EXPECT_OK MULTIPLE_SECTORS / MULTIPLE_BLOCK, 10
+    mov ebx, WRITE_LBA
+    mov esi, pv_buffer
+    mov ebp, MULTIPLE_SECTORS
+    call pv_verify_and_checksum
+    SAY msg_multiple
+    mov eax, [checksum]
+    call con_hex32
+    call con_newline
+    call con_flush
+
+    # --- the end of the disk -----------------------------------------------------------------
+    POST PHASE_BASE + 7
+    mov eax, STOR_READ
+    mov ebx, [capacity]
+    mov ecx, 1
+    mov edi, pv_buffer
+    mov edx, 16
+    call storvsc_request
+    call pv_submit_and_wait
+    call storvsc_completion
+    cmp eax, STOR_OUT_OF_RANGE
+    jne pv_no_range_error
+    test ecx, ecx
+    jnz pv_no_range_error
+    SAY msg_past_end
+    call con_flush
+    mov eax, STOR_READ
+    mov ebx, [capacity]
+    dec ebx
+    mov ecx, 2
+    mov edi, pv_buffer
+    mov edx, 17
+    call storvsc_request
+    call pv_submit_and_wait
+    call storvsc_completion
+    cmp eax, STOR_OUT_OF_RANGE
+    jne pv_no_range_error
+    cmp ecx, 1
+    jne pv_no_range_error
+    SAY msg_across_end
+    call con_flush
+
+    POST PHASE_BASE + 8
+    SAY msg_interrupts
+    mov eax, [irq_count]
+    call con_dec32
+    call con_newline
+    SAY msg_done
+    call con_flush
+    EXIT 0
+pv_no_range_error:
+    FAIL 11, msg_no_range_error
+
+# pv_submit_and_wait: signal the storage batch, sleep until its completion interrupt
+# (clobbers eax-edi)
+pv_submit_and_wait:
+    mov esi, storage_channel
+    call vsc_signal
+    call wait_irq
+    ret
+
+# pv_expect_ok: ECX completions must be there, each OK for all its sectors; EBX = the exit code
+# otherwise (clobbers eax-edi)
+pv_expect_ok:
+    push ecx
+    push ebx
+    call storvsc_completion
+    pop ebx
+    cmp edx, -1
+    je pv_request_failed
+    test eax, eax
+    jnz pv_request_failed
+    pop ecx
+    dec ecx
+    jnz pv_expect_ok
+    ret
+pv_request_failed:
+    PUTS msg_pv_request_failed
+    mov dx, DEBUG_EXIT_PORT
+    mov eax, ebx
+    out dx, eax
+    hlt
+
+# pv_fill_patterns: EBP sectors from LBA EBX at EDI, each with its write pattern
+# (clobbers eax, ebx, ecx, edi, ebp)
+pv_fill_patterns:
+    mov eax, ebx
+    shl eax, 7
+    mov ecx, 128
+pv_fill_dword:
+    push eax
+    imul eax, eax, PATTERN_MUL
+    stosd
+    pop eax
+    inc eax
+    dec ecx
+    jnz pv_fill_dword
+    inc ebx
+    dec ebp
+    jnz pv_fill_patterns
+    ret
+
+# pv_verify_and_checksum: EBP sectors at ESI from LBA EBX: each verified, all folded into a
+# fresh [checksum] (clobbers eax-esi, ebp)
+pv_verify_and_checksum:
+    push esi
+    push ebp
+pv_verify_sector:
+    call verify_sector
+    add esi, 512
+    inc ebx
+    dec ebp
+    jnz pv_verify_sector
+    pop ecx
+    pop esi
+    shl ecx, 7
+    mov dword ptr [checksum], FNV_OFFSET
+    call checksum_dwords
+    ret
+
+# The storage channel's interrupt: vtemu injects the vector itself (no 8259, so no EOI), as
+# a SynIC interrupt with auto-EOI would arrive.
+pv_storage_handler:
+    mov byte ptr [irq_flag], 1
+    inc dword ptr [irq_count]
+    iretd
+
+VMBUS_ROUTINES
+.endif
+
 SERIAL_ROUTINES
 PM32_ROUTINES
 PM32_TABLES
@@ -780,9 +1155,60 @@ msg_unexpected:
 newline:
     .ascii "\n"
     .byte 0
+.ifdef PV
+msg_pv_start:
+    .ascii "disk: synthetic storage over the VMBus-like channel\n"
+    .byte 0
+msg_pv_no_interface:
+    .ascii "no hypercall interface: the enlightened build needs --mode pv\n"
+    .byte 0
+msg_pv_no_channel:
+    .ascii "no channel: contact or offers failed\n"
+    .byte 0
+msg_pv_no_storage:
+    .ascii "no disk: no synthetic storage offered\n"
+    .byte 0
+msg_pv_open_failed:
+    .ascii "opening a channel failed\n"
+    .byte 0
+msg_pv_storage:
+    .ascii "channels: storage "
+    .byte 0
+msg_pv_console:
+    .ascii ", console "
+    .byte 0
+msg_pv_capacity:
+    .ascii "capacity: "
+    .byte 0
+msg_pv_mib:
+    .ascii " MiB)\n"
+    .byte 0
+msg_pv_too_small:
+    .ascii "the disk has fewer than 4400 sectors\n"
+    .byte 0
+msg_pv_request_failed:
+    .ascii "a storage request failed\n"
+    .byte 0
+.endif
 
+.ifdef PV
+.balign 4096
+MULTIBOOT_IMAGE_END 0x6000 + PV_BSS_SIZE
+.equ pv_base, _image_end + 0x6000
+.equ hypercall_page, pv_base
+.equ vmbus_input, pv_base + 0x1000
+.equ vmbus_message_ring, pv_base + 0x2000
+.equ storage_rings, pv_base + 0x4000
+.equ console_rings, pv_base + 0x8000
+.equ vmbus_scratch, pv_base + 0xC000
+.equ storage_channel, pv_base + 0xD000
+.equ console_channel, pv_base + 0xD010
+.equ con_length, pv_base + 0xD020
+.equ pv_buffer, pv_base + 0x10000        # 384 sectors
+.else
 .balign 8
 MULTIBOOT_IMAGE_END 0x6000
+.endif
 .equ idt, _image_end
 .equ irq_count, _image_end + 0x800
 .equ irq_before, _image_end + 0x804

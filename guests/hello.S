@@ -1,17 +1,19 @@
 # hello: the smallest vtemu guest. Multiboot entry in 32-bit protected mode, a greeting on
-# COM1, and a clean exit through isa-debug-exit with value 0.
+# COM1, and a clean exit through isa-debug-exit with value 0. Built with PV (pvops.inc) it
+# prints through the console hypercall and ends with the shutdown hypercall.
 
 .include "multiboot.inc"
 .include "serial.inc"
+.include "pvops.inc"
 
 .code32
 _start:
     mov esp, stack_top
-    SERIAL_INIT
+    PV_SERIAL_INIT
     PUTS greeting
-    EXIT 0
+    PV_EXIT 0
 
-SERIAL_ROUTINES
+PVOPS_ROUTINES32
 
 greeting:
     .ascii "Hello from a vtemu guest!\n"

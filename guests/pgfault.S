@@ -17,6 +17,9 @@
 # pattern, checks that the rest of the page is still zero, and folds the values into a
 # checksum; it must take no fault at all.
 #
+# Built with PV (pvops.inc) the entries one fault writes and the new page are one batched
+# hypercall, and the console is the console hypercall.
+#
 # Exit codes: 0 success, 1 unexpected exception, 2 wrong error code, 3 wrong CR2, 4 wrong
 # saved RIP, 5 #PF on a page that is already mapped, 6 out of frames, 7 a fresh page did not
 # read as zero, 8 a pattern or the zeroed rest of a page read back wrong, 9 wrong number of
@@ -24,6 +27,7 @@
 
 .include "multiboot.inc"
 .include "serial.inc"
+.include "pvops.inc"
 .include "x86.inc"
 .include "long64.inc"
 
@@ -37,7 +41,7 @@
 .code32
 _start:
     mov esp, stack_top
-    SERIAL_INIT
+    PV_SERIAL_INIT
     LONG64_ENTER long_mode
 
 .code64
@@ -137,7 +141,7 @@ verify_loop:
     call serial_hex64
     PUTS newline
     PUTS msg_done
-    EXIT 0
+    PV_EXIT 0
 
 # page_address: r13 := REGION + r12 * 4096 + ((r12 * 0x48) & 0xFF8), r14 := r13 * GOLDEN
 # (clobbers rax)
@@ -196,8 +200,9 @@ pf_handler:
     jnz already_mapped
     call alloc_frame
     or rax, PTE_P + PTE_RW
-    mov [rdi], rax
+    PV_SET_PTE rdi, rax
     inc dword ptr [faults]
+    PV_MAPPED rbx                    # PV: the queued entries and the new page, in one call
     pop rdi
     pop rsi
     pop rdx
@@ -215,7 +220,7 @@ ensure_table:
     jnz ensure_table_present
     call alloc_frame
     or rax, PTE_P + PTE_RW
-    mov [rdi], rax
+    PV_SET_PTE rdi, rax
 ensure_table_present:
     mov rcx, 0x000FFFFFFFFFF000
     and rax, rcx
@@ -245,42 +250,42 @@ wrong_error:
     mov rax, [rsp + PF_ERROR]
     call serial_hex32
     PUTS newline
-    EXIT 2
+    PV_EXIT 2
 wrong_cr2:
     PUTS msg_wrong_cr2
     mov rax, cr2
     call serial_hex64
     PUTS newline
-    EXIT 3
+    PV_EXIT 3
 wrong_rip:
     PUTS msg_wrong_rip
     mov rax, [rsp + PF_RIP]
     call serial_hex64
     PUTS newline
-    EXIT 4
+    PV_EXIT 4
 already_mapped:
     PUTS msg_already_mapped
-    EXIT 5
+    PV_EXIT 5
 out_of_frames:
     PUTS msg_out_of_frames
-    EXIT 6
+    PV_EXIT 6
 fresh_not_zero:
     PUTS msg_not_zero
-    EXIT 7
+    PV_EXIT 7
 bad_data:
     PUTS msg_bad_data
     mov rax, r13
     call serial_hex64
     PUTS newline
-    EXIT 8
+    PV_EXIT 8
 wrong_fault_count:
     PUTS msg_fault_count
-    EXIT 9
+    PV_EXIT 9
 unexpected:
     PUTS msg_unexpected
-    EXIT 1
+    PV_EXIT 1
 
-SERIAL_ROUTINES
+PVOPS_ROUTINES64
 LONG64_ROUTINES
 LONG64_TABLES
 

@@ -15,12 +15,16 @@
 #   3  clears R/W (CR0.WP = 1): a read works, the write must raise #PF with error code 3
 #      (present, write, supervisor) and the right CR2, and the frame must be unchanged
 #
+# Built with PV (pvops.inc) the PTE write and the flush that follows it are one batched
+# hypercall, the console is the console hypercall.
+#
 # Exit codes: 0 success, 1 unexpected exception, 2 wrong error code, 3 wrong CR2, 4 wrong
 # saved RIP, 5 a read through V saw the wrong data, 6 a write through V did not reach the
 # frame, 7 an expected #PF did not happen, 8 a faulting write changed memory.
 
 .include "multiboot.inc"
 .include "serial.inc"
+.include "pvops.inc"
 .include "x86.inc"
 .include "long64.inc"
 
@@ -34,7 +38,7 @@
 .code32
 _start:
     mov esp, stack_top
-    SERIAL_INIT
+    PV_SERIAL_INIT
     LONG64_ENTER long_mode
 
 .code64
@@ -101,20 +105,19 @@ remap_loop:
     or rax, PTE_RW
 pte_ready:
     mov edi, pt_v
-    mov [rdi], rax
+    PV_SET_PTE rdi, rax
     inc dword ptr [remaps]
     # flush: MOV CR3 on kind 0 with bit 2 of i set, INVLPG otherwise
     mov eax, r12d
     and eax, 7
     cmp eax, 4
     jne flush_invlpg
-    mov rax, cr3
-    mov cr3, rax
+    PV_FLUSH_TLB rax
     inc dword ptr [cr3_flushes]
     jmp flushed
 flush_invlpg:
     mov eax, V
-    invlpg [rax]
+    PV_INVLPG rax
     inc dword ptr [invlpgs]
 flushed:
     mov eax, V
@@ -215,7 +218,7 @@ next_iteration:
     call serial_dec32
     PUTS newline
     PUTS msg_done
-    EXIT 0
+    PV_EXIT 0
 
 # expected_value: RDX := frame r13's qword at offset r15 (clobbers rax)
 expected_value:
@@ -257,48 +260,48 @@ wrong_error:
     mov rax, [rsp + PF_ERROR]
     call serial_hex32
     PUTS newline
-    EXIT 2
+    PV_EXIT 2
 wrong_cr2:
     PUTS msg_wrong_cr2
     mov rax, cr2
     call serial_hex64
     PUTS newline
-    EXIT 3
+    PV_EXIT 3
 wrong_rip:
     PUTS msg_wrong_rip
     mov rax, [rsp + PF_RIP]
     call serial_hex64
     PUTS newline
-    EXIT 4
+    PV_EXIT 4
 wrong_data:
     PUTS msg_wrong_data
     mov eax, r12d
     call serial_dec32
     PUTS newline
-    EXIT 5
+    PV_EXIT 5
 write_lost:
     PUTS msg_write_lost
     mov eax, r12d
     call serial_dec32
     PUTS newline
-    EXIT 6
+    PV_EXIT 6
 no_fault:
     PUTS msg_no_fault
     mov eax, r12d
     call serial_dec32
     PUTS newline
-    EXIT 7
+    PV_EXIT 7
 write_went_through:
     PUTS msg_write_through
     mov eax, r12d
     call serial_dec32
     PUTS newline
-    EXIT 8
+    PV_EXIT 8
 unexpected:
     PUTS msg_unexpected
-    EXIT 1
+    PV_EXIT 1
 
-SERIAL_ROUTINES
+PVOPS_ROUTINES64
 LONG64_ROUTINES
 LONG64_TABLES
 

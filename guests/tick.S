@@ -5,10 +5,12 @@
 # line every 10 ticks and ends after 50. Any other vector is a failure (exit 3).
 #
 # On vtemu guest time follows guest progress and jumps to the next timer deadline while the
-# vCPU halts, so every run takes the same exits at the same instructions.
+# vCPU halts, so every run takes the same exits at the same instructions. Built with PV
+# (pvops.inc), the PIT programming, the EOI and the idle HLT are hypercalls.
 
 .include "multiboot.inc"
 .include "serial.inc"
+.include "pvops.inc"
 .include "x86.inc"
 .include "pm32.inc"
 
@@ -22,7 +24,7 @@
 .code32
 _start:
     PM32_ENTER
-    SERIAL_INIT
+    PV_SERIAL_INIT
     PUTS msg_start
 
     # IDT: every vector to `unexpected`, vector 20h to the timer handler
@@ -34,17 +36,17 @@ _start:
 
     # 8254 channel 0: lobyte/hibyte access, mode 2 (rate generator), binary
     mov al, 0x34
-    out PIT_CMD, al
+    PV_OUT_IMM PIT_CMD
     mov al, PIT_DIVISOR & 0xFF
-    out PIT_CH0, al
+    PV_OUT_IMM PIT_CH0
     mov al, PIT_DIVISOR >> 8
-    out PIT_CH0, al
+    PV_OUT_IMM PIT_CH0
     PUTS msg_armed
 
     mov dword ptr [next_report], REPORT_EVERY
-    sti
+    PV_STI
 idle:
-    hlt
+    PV_HLT
     mov eax, [ticks]
     cmp eax, [next_report]
     jb idle
@@ -59,24 +61,25 @@ idle:
     jmp idle
 
 finished:
-    cli
+    PV_CLI
     mov eax, [ticks]
     call serial_dec32
     PUTS msg_done
-    EXIT 0
+    PV_EXIT 0
 
 irq0_handler:
     push eax
     inc dword ptr [ticks]
-    PIC_EOI
+    mov al, 0x20                     # non-specific EOI (PIC_EOI, pm32.inc)
+    PV_OUT_IMM PIC1_CMD
     pop eax
     iretd
 
 unexpected:
     PUTS msg_unexpected
-    EXIT 3
+    PV_EXIT 3
 
-SERIAL_ROUTINES
+PVOPS_ROUTINES32
 PM32_ROUTINES
 PM32_TABLES
 

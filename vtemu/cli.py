@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from vtemu.hv.partition import Partition
 
 MiB = 1024 * 1024
+MAX_CPUS = 64       # APIC IDs fit xAPIC's 8-bit destination with room to spare
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                             "numbers or aliases (io, hlt, cpuid, msr, cr, ept, ext, exc, vmcall, ...)")
     trace.set_defaults(command=_trace, stats=False, json=False, csv=None)
     bench = commands.add_parser("bench", help="measure vtemu (benchmarks/, README \"Benchmarks\")")
-    bench.add_argument("--suite", default="exit-cost", choices=["exit-cost", "paging"],
+    bench.add_argument("--suite", default="exit-cost", choices=["exit-cost", "paging", "disk-io"],
                        help="which measurements (default: %(default)s)")
     bench.add_argument("--repeat", type=_positive_int, metavar="N", help="repeats per measurement")
     bench.add_argument("--quick", action="store_true", help="small loops: a fast, noisier run")
@@ -77,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     assemble.add_argument("-o", dest="output", type=Path, required=True)
     assemble.add_argument("--rom", action="store_true", help="assemble a 64 KiB firmware ROM")
     assemble.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]")
+    assemble.add_argument("--pv", action="store_true",
+                          help="the enlightened build (PV=1 for guests/include/pvops.inc)")
     assemble.set_defaults(command=_asm)
     return parser
 
@@ -104,6 +107,14 @@ def _add_boot_options(parser: argparse.ArgumentParser,
     parser.add_argument("--disk", type=Path, metavar="FILE",
                         help="raw disk image as the primary-master ATA disk (writes go to the file)")
     parser.add_argument("--firmware", type=Path, help="firmware ROM image (default: build or assemble)")
+    parser.add_argument("--cpus", type=_positive_int, default=1, metavar="N",
+                        help="vCPUs per partition (default: 1; APs wait for INIT-SIPI-SIPI)")
+    parser.add_argument("--slice", type=_positive_int, default=None, metavar="N",
+                        help="with several vCPUs: each vCPU's turn, in guest instructions "
+                             "(default: 20000)")
+    parser.add_argument("--ple", action="store_true",
+                        help="PAUSE-loop exiting (PLE_Gap 128, PLE_Window 4096): a spinning vCPU "
+                             "yields its turn")
     parser.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
                         help="define for guest sources assembled on the fly")
 
@@ -126,12 +137,20 @@ def _defines(items: list[str]) -> dict[str, str | None]:
     return defines
 
 
+def _mode_defines(args: argparse.Namespace) -> dict[str, str | None]:
+    """-D defines over the mode's own (`--mode pv` assembles a source's enlightened build)."""
+    from vtemu.modes import SOURCE_DEFINES
+    return {**SOURCE_DEFINES.get(args.mode, {}), **_defines(args.defines)}
+
+
 def _asm(args: argparse.Namespace) -> int:
     from vtemu.asm import build_guest, write_image
     from vtemu.images import build_firmware
+    from vtemu.modes import SOURCE_DEFINES
     if not args.source.is_file():
         raise BadInput(f"{args.source}: no such file")
-    data = build_firmware(args.source) if args.rom else build_guest(args.source, _defines(args.defines))
+    defines = {**(SOURCE_DEFINES["pv"] if args.pv else {}), **_defines(args.defines)}
+    data = build_firmware(args.source) if args.rom else build_guest(args.source, defines)
     write_image(data, args.output)
     return 0
 
@@ -158,8 +177,14 @@ def _boot(args: argparse.Namespace,
     if not layout.MIN_RAM_SIZE <= ram <= layout.MAX_RAM_SIZE:
         raise BadInput(f"--memory must be between {layout.MIN_RAM_SIZE // MiB} and "
                        f"{layout.MAX_RAM_SIZE // MiB} MiB")
-    specs = [PartitionSpec(name=path.stem, kernel=kernel_image(path, _defines(args.defines)),
-                           cmdline=args.cmdline, ram_size=ram, mode=args.mode, paging=args.paging)
+    if args.cpus > MAX_CPUS:
+        raise BadInput(f"--cpus must be at most {MAX_CPUS}")
+    smp = {"vcpus": args.cpus, "ple": args.ple}
+    if args.slice is not None:
+        smp["slice_instructions"] = args.slice
+    specs = [PartitionSpec(name=path.stem, kernel=kernel_image(path, _mode_defines(args)),
+                           cmdline=args.cmdline, ram_size=ram, mode=args.mode, paging=args.paging,
+                           **smp)  # type: ignore[arg-type]
              for path in args.images]
     firmware = firmware_image(args.firmware)
     consoles = _Consoles(prefix=len(specs) > 1)
@@ -275,6 +300,7 @@ def _report(partitions: list, wall_s: float, args: argparse.Namespace,
             csv_stream: TextIO | None = None) -> int:
     from vtemu.debug.report import print_stats, stats_json, write_stats_csv
     from vtemu.hv.dump import dump_partition
+    from vtemu.hv.smp import report_lines
     for partition in partitions:
         result = partition.result
         assert result is not None
@@ -290,6 +316,8 @@ def _report(partitions: list, wall_s: float, args: argparse.Namespace,
         else:
             for partition in partitions:
                 print_stats(partition, wall_s, sys.stderr)
+                for line in report_lines(partition):
+                    print(line, file=sys.stderr)
     first = partitions[0].result
     return first.exit_code & 0xFF
 

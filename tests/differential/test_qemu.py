@@ -27,7 +27,10 @@ pytestmark = pytest.mark.differential
 MSR_UNKNOWN_VTEMU = b"rdmsr c0011234: #GP on unknown MSR, error code 00000000\n"
 MSR_UNKNOWN_QEMU = b"rdmsr c0011234: no #GP, read 0000000000000000\n"
 
-SPECIAL = {"cpuid", "triplefault", "msr"}
+SPECIAL = {"cpuid", "triplefault", "msr",
+           # vtemu-only: the copy engine and its remapping faults; SMP guests assume vtemu's
+           # MADT/x2APIC and --cpus (QEMU TCG comparison of these is not done yet)
+           "dma", "dma_attack", "smp_hello", "spinlock"}
 KNOWN_BUGS: dict[str, tuple[str, type]] = {}  # guest: (reason, what the failure raises)
 
 

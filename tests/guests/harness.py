@@ -127,18 +127,18 @@ def run_guest(name: str, timeout_s: float = DEFAULT_TIMEOUT_S,
               before_run: Callable[[Partition], None] | None = None,
               disk: Path | None = None,
               rx_source: Callable[[bool], int | None] | None = None,
-              paging: str = "ept") -> GuestRun:
+              paging: str = "ept", mode: str = "vtx") -> GuestRun:
     """Boot guests/<name>.S through vtemu's firmware, in this process.
 
     `before_run(partition)` runs once the machine is built (RAM, EPT, devices) and before the
     first instruction: a test can plant data in guest RAM or in VMM-private memory there.
     `disk`: a raw image file as the primary-master ATA disk (the guest may write to it).
     `rx_source`: COM1's host end instead of `serial_input` (e.g. an input recorder or replayer).
-    `paging`: "ept" or "shadow" (`--paging`)."""
+    `paging`: "ept" or "shadow" (`--paging`); `mode`: the CPU virtualization mode (`--mode`)."""
     serial = bytearray()
     data = GUEST_INPUT.get(name) if serial_input is None else serial_input
     spec = PartitionSpec(name=name, kernel=image if image is not None else guest_image(name),
-                         paging=paging,
+                         paging=paging, mode=mode,
                          serial_input=rx_source if rx_source is not None
                          else bytes_input(data) if data is not None else None,
                          disk=disk)

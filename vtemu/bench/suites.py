@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, TextIO
 
-from vtemu.bench import exit_cost, paging
+from vtemu.bench import disk_io, exit_cost, paging
 from vtemu.bench.report import print_exit_cost, print_paging
 
 
@@ -21,7 +21,14 @@ def paging_suite(quick: bool, repeats: int | None, stream: TextIO) -> object:
     return [run.as_dict() for run in runs]
 
 
+def disk_io_suite(quick: bool, repeats: int | None, stream: TextIO) -> object:
+    runs = disk_io.measure(repeats or (1 if quick else 3))
+    print(disk_io.format_table(runs), file=stream)
+    return [run.as_dict() for run in runs]
+
+
 SUITES: dict[str, Callable[[bool, int | None, TextIO], object]] = {
     "exit-cost": exit_cost_suite,
     "paging": paging_suite,
+    "disk-io": disk_io_suite,
 }

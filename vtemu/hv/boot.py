@@ -7,6 +7,7 @@ from typing import Callable
 from vtemu.errors import BadInput
 from vtemu.hv.memory import create_rom
 from vtemu.hv.partition import Partition, PartitionSpec
+from vtemu.hv.smp import configure_processor
 from vtemu.machine.memory import HostMemory
 from vtemu.modes import MODES
 
@@ -23,5 +24,6 @@ def build_partitions(specs: list[PartitionSpec], firmware: bytes,
         for cpu in partition.vcpus:
             MODES[spec.mode](cpu, partition)
             partition.paging.configure(cpu)
+            configure_processor(cpu, partition)
         partitions.append(partition)
     return partitions

@@ -4,8 +4,7 @@ hypervisor bit and leaves 40000000h-40000006h in the shape of the Hyper-V TLFS (
 
 Features are removed when vtemu cannot provide them faithfully or deterministically: VMX
 (no nested virtualization), XSAVE/AVX (no XSETBV support), RDRAND/RDSEED (host randomness
-would break replay), MONITOR/MWAIT, x2APIC/TSC-deadline and the local APIC (not modelled
-yet), SMEP and FSGSBASE (their CR4 bits are not allowed), MCE/MCA (no machine-check MSRs),
+would break replay), MONITOR/MWAIT, the TSC-deadline timer, SMEP and FSGSBASE (their CR4 bits are not allowed), MCE/MCA (no machine-check MSRs),
 and the thermal/debug-store features.
 """
 
@@ -28,6 +27,13 @@ LEAF1_ECX_HYPERVISOR = 1 << 31
 # PSE36 CLFSH MMX FXSR SSE SSE2 (no MCE, MCA, APIC, DS, ACPI, SS, HTT, TM, PBE).
 LEAF1_EDX_KEEP = sum(1 << bit for bit in (0, 1, 2, 3, 4, 5, 6, 8, 11, 12, 13, 15, 16, 17, 19,
                                            23, 24, 25, 26))
+# The local APIC (EDX bit 9) and x2APIC (ECX bit 21) are vtemu's own (devices/lapic.py); HTT
+# (EDX bit 28) says EBX[23:16] counts the logical processors, set when there are several.
+LEAF1_EDX_APIC = 1 << 9
+LEAF1_EDX_HTT = 1 << 28
+LEAF1_ECX_X2APIC = 1 << 21
+# Leaf 0BH, extended topology (SDM Vol. 2A CPUID, Table 3-8): level types in ECX[15:8].
+TOPOLOGY_SMT, TOPOLOGY_CORE = 1, 2
 # CPUID.07H:EBX: BMI1, BMI2, ERMS.
 LEAF7_EBX_KEEP = (1 << 3) | (1 << 8) | (1 << 9)
 # CPUID.80000001H: ECX LAHF/SAHF, ABM/LZCNT; EDX SYSCALL, NX, 1-GiB pages, RDTSCP, LM.
@@ -56,6 +62,8 @@ class CpuidPolicy:
             return (0xD, genu, ntel, inei)  # the vendor string is EBX, EDX, ECX (SDM CPUID)
         if leaf == 1:
             return self._leaf1(apic_id)
+        if leaf == 0xB:
+            return self._topology(subleaf, apic_id)
         if leaf == 7:
             return (0, native_cpuid(7, 0)[1] & LEAF7_EBX_KEEP, 0, 0) if subleaf == 0 else (0, 0, 0, 0)
         if leaf == 0x80000000:
@@ -75,7 +83,20 @@ class CpuidPolicy:
     def _leaf1(self, apic_id: int) -> tuple[int, int, int, int]:
         _, _, ecx, edx = native_cpuid(1)
         ebx = (apic_id << 24) | (self.vcpus << 16) | (8 << 8)  # CLFLUSH line: 8 * 8 bytes
-        return (RESET_EDX, ebx, (ecx & LEAF1_ECX_KEEP) | LEAF1_ECX_HYPERVISOR, edx & LEAF1_EDX_KEEP)
+        edx = (edx & LEAF1_EDX_KEEP) | LEAF1_EDX_APIC | (LEAF1_EDX_HTT if self.vcpus > 1 else 0)
+        ecx = (ecx & LEAF1_ECX_KEEP) | LEAF1_ECX_HYPERVISOR | LEAF1_ECX_X2APIC
+        return (RESET_EDX, ebx, ecx, edx)
+
+    def _topology(self, subleaf: int, apic_id: int) -> tuple[int, int, int, int]:
+        """One thread per core, every vCPU a core of one package: the SMT level has shift 0
+        and one processor, the core level shifts by enough bits for all vCPUs; EDX is the
+        x2APIC ID at every level, ECX[7:0] echoes the subleaf."""
+        if subleaf == 0:
+            return (0, 1, (TOPOLOGY_SMT << 8) | subleaf, apic_id)
+        if subleaf == 1:
+            shift = max(0, (self.vcpus - 1).bit_length())
+            return (shift, self.vcpus, (TOPOLOGY_CORE << 8) | subleaf, apic_id)
+        return (0, 0, subleaf & 0xFF, apic_id)
 
     def _hypervisor(self, leaf: int) -> tuple[int, int, int, int]:
         """TLFS 2.4: vendor/max leaf, interface, version, features, recommendations, limits."""

@@ -24,6 +24,7 @@ from vtemu.mmu.paging import Access
 
 RWX = EptPerm.R | EptPerm.W | EptPerm.X
 RX = EptPerm.R | EptPerm.X
+OVERLAY_RANGE = "overlay page"
 
 _ACCESS = {
     (MemoryAccess.READ, False): Access(), (MemoryAccess.READ, True): Access(user=True),
@@ -88,8 +89,34 @@ class PartitionMemory:
         self.low_allocator = PageAllocator(self.low_private)
         self.ept = EptTables(self.host, self.allocator)
         self.ranges = ram_ranges(self.ram_size, ram_hpa) + rom_ranges()
+        self.firmware_pages: list[HostRegion] = []
         for piece in self.ranges:
             self.ept.map(GPA(piece.gpa), HPA(piece.hpa), piece.size, piece.perms)
+
+    def map_firmware_page(self, name: str, gpa: int, data: bytes) -> HostRegion:
+        """A read-only page of tables the hypervisor builds for this partition (ACPI), mapped
+        at `gpa` in the BIOS area; the vCPUs' physical space must include the region."""
+        hpa = layout.FIRMWARE_TABLES_HPA + self.index * layout.FIRMWARE_TABLES_STRIDE
+        region = self.host.add(HostRegion(f"partition {self.index} {name}", hpa, len(data),
+                                          unicorn.UC_PROT_READ))
+        region.buffer[:] = data
+        self.ept.map(GPA(gpa), HPA(hpa), len(data), EptPerm.R)
+        self.ranges.append(GuestRange(name, gpa, len(data), hpa, EptPerm.R))
+        self.firmware_pages.append(region)
+        return region
+
+    def set_overlay(self, gpa_page: int, active: bool) -> None:
+        """Make one RAM page read/execute-only for the guest, or writable again: an overlay
+        page such as the TLFS hypercall page (hv/hypercalls/page.py). The EPT drops W, and
+        the page reads as ROM to whoever derives mappings from `is_rom` (shadow paging)."""
+        self.ranges = [piece for piece in self.ranges
+                       if not (piece.name == OVERLAY_RANGE and piece.gpa == gpa_page)]
+        hpa = self.gpa_to_hpa(gpa_page, 4096)
+        if hpa is None:
+            raise ValueError(f"overlay GPA {gpa_page:#x} is not RAM")
+        if active:
+            self.ranges.insert(0, GuestRange(OVERLAY_RANGE, gpa_page, 4096, hpa, RX))
+        self.ept.protect(GPA(gpa_page), 4096, RX if active else RWX)
 
     def gpa_to_hpa(self, gpa: int, length: int = 1) -> int | None:
         """Where the hypervisor finds guest-physical memory (None for unbacked GPAs)."""

@@ -24,13 +24,17 @@ from vtemu.devices.pit8254 import Pit8254
 from vtemu.devices.post_port import PostPort
 from vtemu.devices.uart16550 import Uart16550
 from vtemu.devices import ata_disk
+from vtemu.hv import acpi
 from vtemu.hv.cpuid_policy import CpuidPolicy
+from vtemu.hv.dma import attach_copy_engine
 from vtemu.hv.handlers import HANDLERS, Handler
 from vtemu.hv.handlers.io import emulate_string_io
 from vtemu.errors import BadInput
 from vtemu.hv.memory import NestedPaging, PartitionMemory
 from vtemu.hv.paging import PAGING
 from vtemu.hv.outcome import Halt, Outcome, Resume, RunEnd, Shutdown
+from vtemu.hv.scheduler import DEFAULT_SLICE, VcpuScheduler
+from vtemu.hv.smp import SMP_CAPABILITIES, attach_local_apics
 from vtemu.hv.stats import ExitStats
 from vtemu.machine import layout
 from vtemu.machine.clock import GuestClock
@@ -61,6 +65,8 @@ class PartitionSpec:
     files: dict[str, bytes] = field(default_factory=dict)
     serial_input: Callable[[bool], int | None] | None = None   # COM1's receive line (host end)
     disk: str | os.PathLike[str] | None = None   # raw image: the primary-master ATA disk
+    slice_instructions: int = DEFAULT_SLICE      # scheduler turn per vCPU (hv/scheduler.py)
+    ple: bool = False                            # PAUSE-loop exiting (hv/smp.py)
 
 
 class Partition:
@@ -85,10 +91,16 @@ class Partition:
         # the exit, the outcome and the handler's time in ns after it.
         self.exit_inspectors: list[Callable[[VmxCpu, VmExit], None]] = []
         self.exit_observers: list[Callable[[VmExit, Outcome, int], None]] = []
+        self.console = console              # COM1's output stream (the synthetic console's too)
         self._attach_devices(console)
+        self.copy_engine = attach_copy_engine(self)
         self.cpuid = CpuidPolicy(spec.vcpus)
         self.paging_units: list[tuple[NestedPaging, DirectPaging]] = []
+        self.memory.map_firmware_page("ACPI tables", acpi.ACPI_TABLES_GPA, acpi.tables_page(spec.vcpus))
         self.vcpus = [self._create_vcpu(i) for i in range(spec.vcpus)]
+        self.current_cpu = self.vcpus[0]     # whose exit is being handled (banked devices)
+        self.local_apics = attach_local_apics(self)
+        self.scheduler = VcpuScheduler(spec.vcpus, spec.slice_instructions)
         if spec.paging not in PAGING:
             raise BadInput(f"unknown paging scheme {spec.paging!r} (available: {', '.join(sorted(PAGING))})")
         self.paging = PAGING[spec.paging](self)
@@ -125,9 +137,9 @@ class Partition:
     def _create_vcpu(self, index: int) -> VmxCpu:
         holder: list[VmxCpu] = []
         translator = NestedPaging(self.host, lambda: holder[0].vmcs.read(F.EPT_POINTER))
-        regions = [self.memory.ram, self.memory.rom]  # EPT can reach nothing else
+        regions = [self.memory.ram, self.memory.rom, *self.memory.firmware_pages]  # EPT can reach nothing else
         vcpu = VCpu(index, self.host, self.clock, translator, regions=regions)
-        cpu = VmxCpu(vcpu, self.host, self.ports, self.pic)
+        cpu = VmxCpu(vcpu, self.host, self.ports, self.pic, caps=SMP_CAPABILITIES)
         direct = DirectPaging(self.host)
         cpu.attach_paging(translator, direct)
         self.paging_units.append((translator, direct))
@@ -149,6 +161,7 @@ class Partition:
 
     # --- the hypervisor side of an exit ---------------------------------------------------
     def _dispatch(self, cpu: VmxCpu, exit: VmExit) -> ExitDecision:
+        self.current_cpu = cpu
         for inspect in self.exit_inspectors:
             inspect(cpu, exit)
         start = time.perf_counter_ns()
@@ -198,7 +211,8 @@ class Partition:
         """Could an interrupt be delivered to this vCPU now (for HLT's decision to halt)?"""
         if not cpu.vcpu.read(U.UC_X86_REG_RFLAGS) & RFLAGS_IF:
             return False
-        return bool(self.pending_vectors(cpu)) or self.pic.intr_asserted()
+        return bool(self.pending_vectors(cpu)) or (cpu.interrupts is not None
+                                                    and cpu.interrupts.intr_asserted())
 
     def physical_read(self, gpa: int, size: int) -> int:
         value = self.mmio.read(gpa, size)

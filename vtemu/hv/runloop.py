@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from vtemu.hv.outcome import RunEnd, Shutdown
 from vtemu.hv.partition import Partition
+from vtemu.hv.scheduler import MAX_STOPS_PER_TURN
+from vtemu.vmx.cpu import VmxCpu
 
 COUNT_FOREVER = 1 << 40  # a counted slice with no deadline in sight
 
@@ -69,12 +71,44 @@ class Runner:
         for cpu in partition.vcpus:
             if partition.ended or self._abort:
                 break
+            if partition.scheduler.time_sliced:
+                ran |= self._turn(partition, cpu)
+                continue
             ran |= cpu.run_slice(self._budget(partition, cpu.vcpu.instructions_retired))
             partition.clock.run_due_timers()
             self._check_instruction_limit(partition)
         self._running = None
         if not ran and not partition.ended and not self._abort:
             self._idle(partition)
+
+    def _turn(self, partition: Partition, cpu: VmxCpu) -> bool:
+        """One vCPU's time slice (hv/scheduler.py): counted, so it ends at the same
+        instruction every run; over early when the vCPU halts, yields or keeps stopping."""
+        scheduler = partition.scheduler
+        scheduler.begin_turn(cpu)
+        start = cpu.vcpu.instructions_retired
+        ran = False
+        for _ in range(MAX_STOPS_PER_TURN):
+            left = scheduler.slice_instructions - (cpu.vcpu.instructions_retired - start)
+            if left <= 0:
+                scheduler.note_preempted()
+                break
+            if partition.ended or self._abort or scheduler.yielded(cpu):
+                break
+            if not cpu.run_slice(min(left, self._counted_budget(partition, cpu))):
+                break
+            ran = True
+            partition.clock.run_due_timers()
+            self._check_instruction_limit(partition)
+        return ran
+
+    def _counted_budget(self, partition: Partition, cpu: VmxCpu) -> int:
+        budget = partition.clock.instructions_until_deadline()
+        budget = COUNT_FOREVER if budget is None else budget
+        limit = self.limits.max_instructions
+        if limit is not None:
+            budget = min(budget, limit - sum(c.vcpu.instructions_retired for c in partition.vcpus))
+        return max(1, budget)
 
     def _budget(self, partition: Partition, retired: int) -> int | None:
         limit = self.limits.max_instructions

@@ -274,6 +274,54 @@ class ShadowPaging:
             self.mmu.drop(state.root, exit.qualification & PAGE_MASK)
         return done(exit, cpu)
 
+    # --- what paravirtual requests (hv/hypercalls) ask of the memory scheme ------------------
+    def load_guest_cr3(self, cpu: "VmxCpu", value: int) -> bool:
+        """MOV to CR3 on the guest's behalf (an address-space switch hypercall): the same
+        work as the CR3-load exit; False if the value has reserved bits set."""
+        if cr3_reserved_bits(cpu, value):
+            return False
+        state = self._states[cpu.index]
+        if not state.shadowing:
+            cpu.vcpu.write(U.UC_X86_REG_CR3, value)   # unpaged: CR3 is the guest's own
+            cpu.vcpu.flush_tlb()
+            return True
+        state.guest_cr3 = value
+        self._activate(cpu)
+        return True
+
+    def invalidate_page(self, cpu: "VmxCpu", linear: int, refill: bool = False) -> None:
+        """INVLPG on the guest's behalf (a TLB-flush hypercall), without the exit. With
+        `refill` the leaf is rebuilt at once from the guest's tables when they map the page
+        (a read walk, which may set accessed flags as a processor's speculative fill may,
+        SDM 4.8), so the guest's next access does not take a hidden fault."""
+        state = self._states[cpu.index]
+        if state.shadowing:
+            self.mmu.drop(state.root, linear & PAGE_MASK)
+            if refill:
+                self._refill(cpu, linear)
+        cpu.vcpu.flush_tlb()
+
+    def _refill(self, cpu: "VmxCpu", linear: int) -> None:
+        try:
+            guest = self.guest_walk(cpu, linear, Access())
+        except (PageFault, SecondLevelFault):
+            return              # not mapped (or mapped strangely): the fault path decides later
+        gpa_page = guest.gpa & PAGE_MASK
+        hpa_page = self.partition.memory.gpa_to_hpa(gpa_page, 4096)
+        if hpa_page is not None:
+            self._install(cpu, linear, guest, Access(), hpa_page)
+
+    def flush_guest_tlb(self, cpu: "VmxCpu") -> None:
+        """A whole-address-space flush: the shadow already follows every write to the
+        guest's tables (they are write-protected), so as for a MOV to CR3 only the
+        processor's TLB goes."""
+        cpu.vcpu.flush_tlb()
+
+    def guest_physical_map_changed(self) -> None:
+        """A page changed its guest-physical rights (an overlay): re-derive every leaf."""
+        self._reset_all()
+        self._flush_tlbs()
+
     def handle_wrmsr(self, exit: "VmExit", cpu: "VmxCpu", partition: "Partition") -> Outcome:
         before = cpu.vcpu.read_msr(IA32_EFER)
         outcome = self._base[ExitReason.WRMSR](exit, cpu, partition)
@@ -418,6 +466,13 @@ def _emulate_store(cpu: "VmxCpu", rip: int) -> bool:
         cpu.vcpu.write(insn.registers[0], old)
     cpu.complete(insn)
     return True
+
+
+def cr3_reserved_bits(cpu: "VmxCpu", value: int) -> bool:
+    """Bits a MOV to CR3 would refuse: 63:52 in IA-32e mode (no PCID), 63:32 outside it,
+    where MOV CR3 takes a 32-bit operand (SDM Vol. 2 MOV CR, Vol. 3A 4.5)."""
+    long_mode = bool(cpu.vcpu.read_msr(IA32_EFER) & EFER_LMA)
+    return bool(value >> 52) if long_mode else bool(value >> 32)
 
 
 def _set_control(cpu: "VmxCpu", field: F, bits: int, on: bool) -> None:

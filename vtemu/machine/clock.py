@@ -36,7 +36,7 @@ class GuestClock:
         self._synced_ns = 0
         self._idle_ns = 0
         self._live = False
-        self._running_insns: Callable[[], int] = lambda: 0
+        self._progress: list[Callable[[], int]] = []
         self._timers: list[Timer] = []
         self._sequence = itertools.count()
         self.on_live: list[Callable[[], None]] = []
@@ -51,6 +51,10 @@ class GuestClock:
         """Current guest time; observing it makes the clock live."""
         self._go_live()
         return self._synced_ns + self._running_insns() * NS_PER_INSN
+
+    def _running_insns(self) -> int:
+        """Instructions of the slice under way (at most one of a partition's vCPUs runs)."""
+        return sum(progress() for progress in self._progress)
 
     def _go_live(self) -> None:
         if not self._live:
@@ -69,8 +73,9 @@ class GuestClock:
 
     # --- advancing time ------------------------------------------------------------------
     def attach_progress(self, running_insns: Callable[[], int]) -> None:
-        """Tell the clock how to read instructions retired by the vCPU slice now running."""
-        self._running_insns = running_insns
+        """Tell the clock how to read instructions retired by a vCPU's slice while it runs
+        (each vCPU of the partition registers; the one not running reports 0)."""
+        self._progress.append(running_insns)
 
     def retire(self, instructions: int) -> None:
         """A vCPU slice ended having retired this many instructions."""

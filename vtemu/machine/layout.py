@@ -41,6 +41,8 @@ LAPIC_GPA = 0xFEE00000
 PARTITION_RAM_HPA = 0x10_0000_0000
 PARTITION_HPA_STRIDE = 0x4_0000_0000      # 16 GiB per partition
 ROM_HPA = 0x7F_0000_0000                  # one read-only firmware image shared by all partitions
+FIRMWARE_TABLES_HPA = 0x7E_0000_0000      # per-partition read-only pages (ACPI tables), 64 KiB each
+FIRMWARE_TABLES_STRIDE = 64 * KiB
 VMM_PRIVATE_HPA = 0x80_0000_0000          # EPT tables, shadow tables, translation caches
 VMM_PRIVATE_SIZE = 64 * MiB
 # PAE shadow roots must sit below 4 GiB (a PAE CR3 holds 32 bits, SDM 4.4.1): a small private
@@ -58,6 +60,10 @@ DEBUG_EXIT_PORT = 0xF4
 DEBUG_EXIT_SIZE = 4
 # POST diagnostic / I/O delay port (PC/AT; QEMU ioport80 in hw/i386/pc.c).
 POST_PORT = 0x80
+# Benchmark marks (guests/include/bench.inc): command E0h, count E4h, both 32-bit. Attached
+# only by `vtemu bench` (vtemu/bench/probe.py); elsewhere, as on QEMU, the ports are unclaimed.
+BENCH_PORT_BASE = 0xE0
+BENCH_PORT_SIZE = 8
 # 8254 PIT: counters 0-2 at 40h-42h, control word 43h; counter 0 drives IRQ 0 (Intel 8254 datasheet).
 PIT_BASE = 0x40
 PIT_IRQ = 0

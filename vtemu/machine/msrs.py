@@ -87,6 +87,7 @@ class MsrModel:
         self.tsc = tsc
         self.apic_base = layout.LAPIC_GPA | APIC_BASE_ENABLE | (APIC_BASE_BSP if bsp else 0)
         self.mtrr_def_type = 0
+        self._ranges: list[tuple[int, int, Callable[[int], int], Callable[[int, int], None]]] = []
         self._readers: dict[int, Callable[[], int]] = {
             IA32_TIME_STAMP_COUNTER: tsc.read,
             IA32_TSC_ADJUST: lambda: tsc.adjust & 0xFFFFFFFFFFFFFFFF,
@@ -99,10 +100,24 @@ class MsrModel:
             IA32_EFER: lambda: vcpu.read_msr(IA32_EFER),
         }
 
+    def add_range(self, first: int, last: int, read: Callable[[int], int],
+                  write: Callable[[int, int], None]) -> None:
+        """MSRs a device implements (the local APIC's x2APIC registers): its read and write
+        raise GuestException for the accesses that #GP."""
+        self._ranges.append((first, last, read, write))
+
+    def _range_of(self, msr: int) -> tuple[int, int, Callable[[int], int], Callable[[int, int], None]] | None:
+        for entry in self._ranges:
+            if entry[0] <= msr <= entry[1]:
+                return entry
+        return None
+
     def implemented(self, msr: int) -> bool:
-        return msr in NATIVE or msr in self._readers
+        return msr in NATIVE or msr in self._readers or self._range_of(msr) is not None
 
     def read(self, msr: int) -> int:
+        if self._ranges and (entry := self._range_of(msr)) is not None:
+            return entry[2](msr)
         if msr in self._readers:
             return self._readers[msr]()
         if msr in NATIVE:
@@ -111,6 +126,9 @@ class MsrModel:
 
     def write(self, msr: int, value: int) -> None:
         value &= 0xFFFFFFFFFFFFFFFF
+        if self._ranges and (entry := self._range_of(msr)) is not None:
+            entry[3](msr, value)
+            return
         if msr in CANONICAL and not canonical(value):
             raise GuestException(GP, 0)
         if msr == IA32_TIME_STAMP_COUNTER:

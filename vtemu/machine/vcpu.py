@@ -143,6 +143,9 @@ class VCpu:
         self._emulated_in_hook = False
         self._stop_phase = _Phase.NONE
         self.tlb_fills = 0
+        self._debug_hook: object = None
+        self._debug_check: Callable[[int], bool] | None = None
+        self._debug_stop_at: int | None = None
         clock.attach_progress(self._running_instructions)
         clock.on_live.append(self._clock_went_live)
         self.reset()
@@ -322,6 +325,7 @@ class VCpu:
         self._fault = None
         self._emulated_in_hook = False
         self._stop_phase = _Phase.NONE
+        self._debug_stop_at = None
         self._epoch += 1
         status = self.engine.start(self.rip, budget or 0)
         self._epoch += 1
@@ -497,6 +501,8 @@ class VCpu:
             self._refuse_fills = False
 
     def _on_site(self, address: int, _size: int) -> None:
+        if address == self._debug_stop_at:
+            return  # a debugger stops here first: the instruction must not be performed
         site = self.sites.site_at(address)
         if site is None:
             return
@@ -515,6 +521,28 @@ class VCpu:
 
     def _on_invalid(self) -> bool:
         return False
+
+    # --- a debugger's view of every instruction ------------------------------------------
+    def set_debug_check(self, check: Callable[[int], bool] | None) -> None:
+        """A debugger looks at every instruction before it executes (vtemu.debug): when
+        `check(linear address)` says so, the vCPU stops there with the instruction unexecuted
+        and not counted, and no site performs it. One whole-range code hook, installed once
+        and kept (hooks only reach blocks translated after them, so translations go)."""
+        self._debug_check = check
+        if check is not None and self._debug_hook is None:
+            self._debug_hook = self.engine.hook_code(self._on_debug_check, 1, 0)
+            self.flush_translations()
+
+    def _on_debug_check(self, address: int, _size: int) -> None:
+        check = self._debug_check
+        if check is None or self._stop is not None or not check(address):
+            return
+        self._debug_stop_at = address
+        self._phase = _Phase.BEFORE
+        try:
+            self.request_stop()
+        finally:
+            self._phase = _Phase.NONE
 
     @contextmanager
     def before_instruction(self) -> Iterator[None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from vtemu.modes import bt, vtx
+from vtemu.modes import bt, pv, vtx
 
 if TYPE_CHECKING:
     from vtemu.hv.partition import Partition
@@ -15,4 +15,8 @@ Configure = Callable[["VmxCpu", "Partition"], None]
 MODES: dict[str, Configure] = {
     "vtx": vtx.configure,
     "bt": bt.configure,
+    "pv": pv.configure,
 }
+
+# Defines a guest source is assembled with when it runs in a mode (pv: the enlightened build).
+SOURCE_DEFINES: dict[str, dict[str, str]] = {"pv": pv.SOURCE_DEFINES}

@@ -77,6 +77,18 @@ class InterruptPin(Protocol):
     def acknowledge(self) -> int: ...
 
 
+class ProcessorSignals(Protocol):
+    """INIT, SIPI and NMI as a local APIC latches them for its processor (SDM 10.6.1)."""
+
+    init_pending: bool
+    sipi_vector: int | None
+    nmi_pending: bool
+
+    def take_init(self) -> bool: ...
+    def take_sipi(self) -> int | None: ...
+    def take_nmi(self) -> bool: ...
+
+
 def _no_string_io(insn: Instruction, port: int, size: int, direction: IoDirection) -> None:
     raise RuntimeError("string I/O passed through with no hypervisor to perform it")
 
@@ -117,6 +129,8 @@ class VmxCpu:
         self._paging: tuple[Translator, Translator] | None = None
         self.mtf_pending = False
         self.mode_engine: ModeEngine | None = None
+        self.exceptions_delivered = 0   # hardware exceptions that reached the guest's IDT/IVT
+        self.signals: ProcessorSignals | None = None
         vcpu.events = self
 
     # --- state the hypervisor and handlers use --------------------------------------------
@@ -366,10 +380,20 @@ class VmxCpu:
         self._handle_stop(stop)
         return True
 
+    def settle(self) -> bool:
+        """Do what is owed before the next guest instruction (VM entry, injection, event
+        delivery, asynchronous exits) without running one: the state a debugger shows. False
+        if the vCPU cannot run now (halted, blocked or stopped)."""
+        return self._prepare()
+
     def can_wake(self) -> bool:
         """Would a halted or blocked vCPU have something to do now?"""
         if self.stopped:
             return False
+        if self.signals is not None and self._signal_waiting():
+            return True
+        if self.activity is Activity.WAIT_FOR_SIPI:
+            return False            # only INIT and SIPI wake a processor waiting for SIPI
         if self._pending_event is not None or self.vmcs.read(F.VM_ENTRY_INTR_INFO_FIELD) >> 31:
             return True
         if self.interrupts is None or not self.interrupts.intr_asserted():
@@ -452,6 +476,10 @@ class VmxCpu:
         25.5.2: a pending MTF exit, the preemption timer, NMI-window exiting, interrupt-window
         exiting, external interrupts."""
         rip = self.vcpu.rip
+        if self.signals is not None:
+            exit = self._signal_exit(rip)
+            if exit is not None or self.activity is Activity.WAIT_FOR_SIPI:
+                return exit
         if self.mtf_pending:        # after a stepped instruction, or injected (type 7, 26.5.2)
             self.mtf_pending = False
             return self._make_exit(ExitReason.MONITOR_TRAP_FLAG, rip)
@@ -469,6 +497,36 @@ class VmxCpu:
                 and self.interrupts is not None and self.interrupts.intr_asserted()):
             self.activity_on_injection()
             return self._external_interrupt_exit(rip)
+        return None
+
+    def _signal_waiting(self) -> bool:
+        signals = self.signals
+        assert signals is not None
+        if signals.init_pending:
+            return True
+        if self.activity is Activity.WAIT_FOR_SIPI:
+            return signals.sipi_vector is not None
+        return signals.nmi_pending
+
+    def _signal_exit(self, rip: int) -> VmExit | None:
+        """INIT signals always exit; a SIPI exits only in the wait-for-SIPI state, with its
+        vector as the qualification, and is otherwise discarded (SDM 25.2, 27.2.1). An NMI
+        exits with NMI exiting (25.2), as exit 0 with interruption type NMI (27.2.2)."""
+        signals = self.signals
+        assert signals is not None
+        if signals.take_init():
+            self.activity_on_injection()
+            return self._make_exit(ExitReason.INIT_SIGNAL, rip)
+        vector = signals.take_sipi()
+        if vector is not None and self.activity is Activity.WAIT_FOR_SIPI:
+            return self._make_exit(ExitReason.SIPI, rip, qualification=vector,
+                                   detail=f"vector {vector:#x}")
+        if (self.activity is not Activity.WAIT_FOR_SIPI and signals.nmi_pending
+                and PinBasedControls.NMI_EXITING in self.intercepts.pin):
+            signals.take_nmi()
+            self.activity_on_injection()
+            return self._make_exit(ExitReason.EXCEPTION_OR_NMI, rip, interruption=InterruptionInfo.nmi(),
+                                   detail="NMI")
         return None
 
     def _nmi_window_open(self) -> bool:

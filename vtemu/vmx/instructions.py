@@ -326,11 +326,16 @@ def vmx_instruction(cpu: "VmxCpu", insn: Instruction) -> None:
 
 
 def fast_system_call(cpu: "VmxCpu", insn: Instruction) -> None:
-    """Never an exit; Unicorn skips the ring transition, so the processor does it (fastcall.py)."""
-    if insn.id == C.X86_INS_SYSCALL:
-        cpu.perform_after_stop(lambda: syscall(cpu.vcpu, insn.size))
-    else:
-        cpu.perform_after_stop(lambda: sysenter(cpu.vcpu))
+    """Never an exit; Unicorn skips the ring transition, so the processor does it (fastcall.py).
+    The stop came before the instruction, so performing it is what retires it (a fault
+    raised instead retires nothing)."""
+    def perform() -> None:
+        if insn.id == C.X86_INS_SYSCALL:
+            syscall(cpu.vcpu, insn.size)
+        else:
+            sysenter(cpu.vcpu)
+        cpu.vcpu.retire_emulated()
+    cpu.perform_after_stop(perform)
 
 
 HANDLERS: dict[SiteKind, Callable[["VmxCpu", Instruction], None]] = {

@@ -155,6 +155,8 @@ def deliver_event(cpu: "VmxCpu", event: Event, return_rip: int,
             return _with_vectoring(exit, vectoring or _as_interruption(event),
                                    error if error is not None else event.error_code)
         return _with_vectoring(exit, _as_interruption(fault.delivering), fault.delivering.error_code)
+    if event.type is EventType.HARDWARE_EXCEPTION:
+        cpu.exceptions_delivered += 1   # a faulting instruction's step (vtemu.debug positions)
     return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from vtemu.hv.handlers import (cache, control_registers, cpuid, debug_registers, descriptor_tables,
-                               ept, events, hlt, io, msr, timing, vmx_instructions)
+                               ept, events, hlt, io, msr, smp, timing, vmx_instructions)
 from vtemu.vmx.reasons import ExitReason
 
 if TYPE_CHECKING:
@@ -33,4 +33,5 @@ HANDLERS: dict[ExitReason, Handler] = {
     **msr.HANDLERS,
     **descriptor_tables.HANDLERS,
     **ept.HANDLERS,
+    **smp.HANDLERS,
 }

@@ -1,4 +1,4 @@
-"""INVD (13), WBINVD (54), PAUSE (40), INVLPG (14): nothing to emulate beyond completing them.
+"""INVD (13), WBINVD (54), INVLPG (14): nothing to emulate beyond completing them (PAUSE: smp.py).
 
 vtemu models no caches, so invalidation has no effect; INVLPG under EPT only needs the vCPU's
 TLB entry for the page dropped, which the hypervisor does by flushing the vCPU's TLB.
@@ -28,4 +28,4 @@ def handle_invlpg(exit: "VmExit", cpu: "VmxCpu", partition: "Partition") -> Outc
 
 
 HANDLERS = {ExitReason.INVD: handle_complete, ExitReason.WBINVD: handle_complete,
-            ExitReason.PAUSE: handle_complete, ExitReason.INVLPG: handle_invlpg}
+            ExitReason.INVLPG: handle_invlpg}

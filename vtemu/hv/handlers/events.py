@@ -41,7 +41,8 @@ def handle_external_interrupt(exit: "VmExit", cpu: "VmxCpu", partition: "Partiti
     if exit.interruption is not None:
         partition.pending_vectors(cpu).append(exit.interruption.vector)
     else:
-        partition.pending_vectors(cpu).append(partition.pic.acknowledge())
+        assert cpu.interrupts is not None
+        partition.pending_vectors(cpu).append(cpu.interrupts.acknowledge())
     return inject_pending_interrupt(cpu, partition)
 
 

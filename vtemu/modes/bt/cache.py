@@ -13,14 +13,12 @@ import bisect
 import struct
 from dataclasses import dataclass, field
 
-from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks
-
 from vtemu.machine.decode import CodeMode
 from vtemu.machine.memory import HostMemory, HostRegion
 from vtemu.modes.bt import region
+from vtemu.modes.bt.assemble import assemble
 from vtemu.modes.bt.emit import Callout, Fragment
 
-_KS = {CodeMode.BITS32: Ks(KS_ARCH_X86, KS_MODE_32), CodeMode.BITS64: Ks(KS_ARCH_X86, KS_MODE_64)}
 
 
 def dispatch_source(mode: CodeMode) -> str:
@@ -99,7 +97,7 @@ class TranslationCache:
         self._write(self.base + region.TABLE, bytes(16 * region.TABLE_ENTRIES))
         self._next = self.base + region.CODE
         self.dispatch = self._next
-        code = bytes(_KS[self.mode].asm(dispatch_source(self.mode), self.dispatch)[0])
+        code = assemble(self.mode, dispatch_source(self.mode), self.dispatch)
         self._write(self.dispatch, code)
         miss = self.dispatch + len(code) - 2
         self.callouts[miss] = Callout("dispatch")

@@ -21,18 +21,17 @@ from dataclasses import dataclass, field
 
 import capstone
 import unicorn.x86_const as U
-from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks
 
 from vtemu.machine.decode import CodeMode
 from vtemu.machine.sites import SiteKind
 from vtemu.modes.bt import region
+from vtemu.modes.bt.assemble import assemble
 from vtemu.modes.bt.decode import GuestInstruction, Shape
 
 SYSCALL = b"\x0f\x05"
 UD2 = b"\x0f\x0b"
 JMP_REL32 = 0xE9
 NATIVE_KINDS = {SiteKind.MOV_CR, SiteKind.CLTS, SiteKind.LMSW, SiteKind.PAUSE}
-_KS = {CodeMode.BITS32: Ks(KS_ARCH_X86, KS_MODE_32), CodeMode.BITS64: Ks(KS_ARCH_X86, KS_MODE_64)}
 _DISASM = {CodeMode.BITS32: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32),
            CodeMode.BITS64: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)}
 _UNICORN_NAMES = {getattr(U, name): name[len("UC_X86_REG_"):].lower()
@@ -100,7 +99,7 @@ class Emitter:
         """Assemble `source` here. The first instruction's point is `guest`, the others are
         interior; returns the TC address of every instruction, for callers that mark more."""
         start = self.here
-        data = bytes(_KS[self.mode].asm(source, start)[0])
+        data = assemble(self.mode, source, start)
         addresses = [insn.address for insn in _DISASM[self.mode].disasm(data, start)]
         for index, address in enumerate(addresses):
             self.fragment.points.append((address, guest if index == 0 else None))
