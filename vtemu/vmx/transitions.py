@@ -45,7 +45,7 @@ def vm_exit(cpu: "VmxCpu", exit: VmExit) -> ExitDecision:
     #      IA32_VMX_MISC[5], the exit stores IA32_EFER.LMA into the "IA-32e mode guest"
     #      entry control, so a guest that switched to long mode re-enters in long mode.
     if cpu.caps.stores_lma:
-        _store_lma(cpu)
+        store_lma(cpu)
     # 27.3.4 Saving non-register state: with "save VMX-preemption timer value" the timer's
     #      current value goes back to its field (0 when its expiry caused the exit).
     if cpu.intercepts.exit_controls & _SAVE_PREEMPTION_TIMER:
@@ -81,7 +81,8 @@ class _ExitInformation:
         return None if compute is None else compute(self.exit)
 
 
-def _store_lma(cpu: "VmxCpu") -> None:
+def store_lma(cpu: "VmxCpu") -> None:
+    """Copy IA32_EFER.LMA into the "IA-32e mode guest" entry control (SDM 27.3, IA32_VMX_MISC[5])."""
     lma = bool(cpu.vcpu.state().hflags & HF_LMA)  # QEMU mirrors EFER.LMA in hflags
     entry = cpu.vmcs.stored(F.VM_ENTRY_CONTROLS)
     if bool(entry & _IA32E_MODE_GUEST) != lma:

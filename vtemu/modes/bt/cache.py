@@ -17,7 +17,7 @@ from vtemu.machine.decode import CodeMode
 from vtemu.machine.memory import HostMemory, HostRegion
 from vtemu.modes.bt import region
 from vtemu.modes.bt.assemble import assemble
-from vtemu.modes.bt.emit import Callout, Fragment
+from vtemu.modes.bt.emit import SYSCALL, Callout, Fragment
 
 
 
@@ -114,6 +114,34 @@ class TranslationCache:
         if index < 0 or self._point_tc[index] != tc:
             return False, None
         return True, self._point_guest[index]
+
+    # --- invalidation ------------------------------------------------------------------------
+    def poison(self, hpa_page: int) -> list[Fragment]:
+        """Retire every fragment translated from `hpa_page`: each block start in it becomes a
+        SYSCALL "stale" callout (so chained branches and internal jumps into it call out and
+        reach a fresh translation), and nothing indexes it any more. The fragment's bytes stay
+        where they are: code executing in it may finish its current block."""
+        retired = [f for f in self.fragments if not f.stale and hpa_page in f.guest_pages]
+        for fragment in retired:
+            fragment.stale = True
+            for guest, tc in fragment.labels.items():
+                self._write(tc, SYSCALL)
+                self.callouts[tc] = Callout("stale", target=guest, resume=tc)
+            if self.entries.get(fragment.guest_entry) == fragment.tc_entry:
+                del self.entries[fragment.guest_entry]
+            self.superblock_heads.discard(fragment.guest_entry)
+            self._forget_lookups(fragment)
+        self.guest_pages = set().union(*(f.guest_pages for f in self.fragments if not f.stale))
+        self.linear_pages = {linear: hpa for linear, hpa in self.linear_pages.items()
+                             if hpa in self.guest_pages}
+        return retired
+
+    def _forget_lookups(self, fragment: Fragment) -> None:
+        table = self.hpa(self.base + region.TABLE)
+        slots = struct.iter_unpack("<QQ", self.host.read(table, 16 * region.TABLE_ENTRIES))
+        for slot, (_guest, tc) in enumerate(slots):
+            if fragment.tc_entry <= tc < fragment.tc_end:
+                self.host.write(table + 16 * slot, bytes(16))
 
     # --- lookup table ------------------------------------------------------------------------
     def remember(self, guest: int, tc: int) -> None:

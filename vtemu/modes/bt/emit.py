@@ -67,6 +67,8 @@ class Fragment:
     guest_pages: set[int] = field(default_factory=set)
     instructions: int = 0
     blocks: int = 0
+    labels: dict[int, int] = field(default_factory=dict)   # guest block start -> TC address
+    stale: bool = False
 
     @property
     def tc_end(self) -> int:
@@ -298,6 +300,7 @@ class Emitter:
             if destination is None:
                 destination = self._exit_stub(target, field_address, source)
             _patch_rel32(self.fragment, field_address, destination)
+        self.fragment.labels = dict(self._labels)
         return self.fragment
 
     def _name(self, unicorn_register: int) -> str:

@@ -49,6 +49,7 @@ from vtemu.modes.bt.decode import BlockReader, Shape
 from vtemu.modes.bt.emit import Callout, Emitter, Fragment, Untranslatable
 from vtemu.vmx import instructions
 from vtemu.vmx.reasons import ExitReason
+from vtemu.vmx.transitions import store_lma
 
 if TYPE_CHECKING:
     from vtemu.hv.partition import Partition
@@ -177,6 +178,9 @@ class BtEngine:
             self.vcpu.rip = rip
             self.vcpu.tpr = cache.read_data(region.VTPR) & 0xF
         self._last_cpl = self.vcpu.state().cpl
+        # Callouts are the hypervisor's own boundary, not VM exits: keep the entry control
+        # that a VM exit would have updated in step with the mode the guest switched to.
+        store_lma(self.cpu)
         if self._recheck:
             self._recheck = False
             self._check_address_space(cache)
@@ -230,12 +234,14 @@ class BtEngine:
         return any(hpa_page in cache.guest_pages for cache in self._caches.values())
 
     def written(self, hpa_page: int) -> None:
-        """The guest is about to write a page the TC translated: drop the TC at the next stop."""
+        """The guest (or the VMM) is writing a page the TC translated code from: retire those
+        translations at once (their entries become stale callouts), without stopping the
+        vCPU -- a stop requested inside the write's TLB fill would re-execute the write. The
+        write takes effect for the guest's code at the next branch into it."""
         self.counters.invalidations += 1
         for cache in self._caches.values():
-            cache.guest_pages.discard(hpa_page)
-        self._flush_pending = True
-        self.vcpu.request_stop()
+            for fragment in cache.poison(hpa_page):
+                self.vcpu.engine.uc.ctl_remove_cache(fragment.tc_entry, fragment.tc_end)
 
     def _vmm_wrote(self, hpa: int, length: int) -> None:
         for page in range(hpa & ~0xFFF, hpa + length, 0x1000):
@@ -261,7 +267,6 @@ class BtEngine:
                 current = None
             if current != hpa:
                 self.written(hpa)
-                return
 
     # --- translation --------------------------------------------------------------------------
     def lookup(self, guest: int) -> int:
@@ -382,14 +387,29 @@ class BtEngine:
         if callout is None:
             raise RuntimeError(f"SYSCALL at {tc:#x} is no callout of the TC")
         self.counters.callouts[callout.kind] += 1
-        if callout.kind == "exit":
-            self._continue_at(self._exit(cache, tc, callout))
-        elif callout.kind == "dispatch":
-            self._continue_at(self._dispatch_miss(cache))
+        if callout.kind in _BRANCHES:
+            self._branch_callout(cache, tc, callout)
         elif callout.kind == "gp":
             self._fault(callout, GP, 0)
         else:
             self._service(cache, callout)
+
+    def _branch_callout(self, cache: TranslationCache, tc: int, callout: Callout) -> None:
+        """Control reaches guest code without a usable translation. Fetching it to translate
+        it may fault (not present, NX): the guest then takes the #PF at the branch target,
+        with the branch itself complete, as the processor's fetch would report it."""
+        try:
+            if callout.kind == "exit":
+                destination = self._exit(cache, tc, callout)
+            elif callout.kind == "dispatch":
+                destination = self._dispatch_miss(cache)
+            else:
+                destination = self.lookup(callout.target)
+        except GuestPageFault as fault:
+            self.vcpu.rip = fault.linear
+            self.cpu.raise_exception(PF, fault.error_code, cr2=fault.linear, rip=fault.linear)
+            destination = fault.linear
+        self._continue_at(destination)
 
     def _continue_at(self, address: int) -> None:
         self.vcpu.write(U.UC_X86_REG_RIP, (address - 2) & 0xFFFF_FFFF_FFFF_FFFF)
@@ -445,7 +465,9 @@ class BtEngine:
             except GuestException as fault:
                 self.cpu.raise_exception(fault.vector, fault.error_code, rip=guest)
         after = self.vcpu.rip
-        if before is not None and before != self._shape_registers():
+        performed = after != guest or self.vcpu.stop_requested
+        if before is not None and performed and (
+                gi.kind in _FLUSHES_TLB or before != self._shape_registers()):
             self._recheck = True
             self.vcpu.request_stop()
         self._publish(cache)
@@ -485,15 +507,22 @@ def kernel_mode(state) -> CodeMode | None:
 # (a Jcc and HLT do; LOOP emits its own fall-through jump).
 _ENDS_WITH_TRANSFER = {Shape.JMP, Shape.LOOP, Shape.CALL, Shape.RET, Shape.JMP_INDIRECT,
                        Shape.CALL_INDIRECT, Shape.LEAVES, Shape.TRAP, Shape.INTERPRET}
-_EMULATED_WHEN_NATIVE = {SiteKind.MOV_CR, SiteKind.CLTS, SiteKind.LMSW}
+# Callouts after which translations must be checked against the guest's page tables even
+# when no register changed (INVLPG; MOV to CR3 with the same value flushes the TLB too).
+_FLUSHES_TLB = {SiteKind.INVLPG, SiteKind.MOV_CR}
+_BRANCHES = {"exit", "dispatch", "stale"}
+_EMULATED_WHEN_NATIVE = {SiteKind.MOV_CR, SiteKind.CLTS, SiteKind.LMSW, SiteKind.INVLPG}
 
 
 def _emulate_native(cpu: "VmxCpu", gi) -> None:
-    """MOV to CR0/CR3/CR4, CLTS and LMSW that the controls let run natively are performed
-    here, so the engine sees the new mode at once (MOV from a CR runs natively in the TC)."""
+    """MOV to CR0/CR3/CR4, CLTS, LMSW and INVLPG that the controls let run natively are
+    performed here, so the engine sees the new mode or mappings at once (MOV from a CR runs
+    natively in the TC)."""
     insn, vcpu = gi.insn, cpu.vcpu
     cr0 = vcpu.read(U.UC_X86_REG_CR0)
-    if insn.id == C.X86_INS_CLTS:
+    if insn.id == C.X86_INS_INVLPG:
+        vcpu.flush_tlb()                      # a superset of dropping the one entry
+    elif insn.id == C.X86_INS_CLTS:
         vcpu.write(U.UC_X86_REG_CR0, cr0 & ~CR0_TS)
     elif insn.id == C.X86_INS_LMSW:
         source = instructions._word_operand(cpu, insn)[0]
