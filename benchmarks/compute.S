@@ -1,6 +1,7 @@
 # compute: one iteration = a sieve of Eratosthenes over the numbers below 8192 in a byte
 # array (reset the array with REP STOSQ, strike out the multiples of every prime p from p*p,
-# count the primes: 1028), about 40,000 instructions and no exits. The loop adds each
+# count the primes: 1028), about 102,000 instructions as Unicorn counts them (REP STOSQ
+# counts once per element) and no exits. The loop adds each
 # iteration's count to r14 and the guest checks r14 = 1028 x iterations after the loop
 # (exit code 2 otherwise).
 # The loop takes no input but r12/r13/r14 and the array: the raw-Unicorn baseline runs it.

@@ -1,4 +1,5 @@
 # cr3load: one iteration = MOV CR3, RBX with the current root (a TLB flush of non-global entries) plus the loop's inc/cmp/jb.
+# Enlightened build (pv): HvCallSwitchVirtualAddressSpace instead (pvops.inc PV_LOAD_CR3).
 # EPT: no exit, but every flush costs TLB refills; shadow paging: every CR3 load exits.
 
 .include "multiboot.inc"
@@ -16,7 +17,7 @@ main:
     BENCH_SETUP64
     mov rbx, cr3
     BENCH_LOOP_BEGIN
-    mov cr3, rbx
+    PV_LOAD_CR3 rbx
     BENCH_LOOP_END
 
 bench_name:

@@ -2,6 +2,8 @@
 # and read through V, checking the new frame is seen (Adams & Agesen 2006, ptemod: a guest
 # page-table write). With EPT: no exit, one TLB fill. With shadow paging the table page is
 # write-protected once shadowed: the write traps and INVLPG exits.
+# Enlightened build (pv): the PTE write and the INVLPG go to the hypervisor as one
+# VtemuCallMmuUpdate hypercall (guests/include/pvops.inc).
 # Exit codes: 0 done, 1 unexpected exception, 2 a read through V saw the old frame.
 
 .include "multiboot.inc"
@@ -45,8 +47,8 @@ main:
     mov esi, V
     BENCH_LOOP_BEGIN
     xor r8, r9
-    mov [rdi], r8
-    invlpg [rsi]
+    PV_SET_PTE rdi, r8
+    PV_INVLPG rsi
     xor r11, r10
     mov rax, [rsi]
     cmp rax, r11

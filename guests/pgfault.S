@@ -17,8 +17,9 @@
 # pattern, checks that the rest of the page is still zero, and folds the values into a
 # checksum; it must take no fault at all.
 #
-# Built with PV (pvops.inc) the entries one fault writes and the new page are one batched
-# hypercall, and the console is the console hypercall.
+# Built with PV (pvops.inc) one batched hypercall per fault zeroes the new frame, writes the
+# entries and rebuilds the page's translation for the retried access (a new table is zeroed
+# and linked by a call of its own first), and the console is the console hypercall.
 #
 # Exit codes: 0 success, 1 unexpected exception, 2 wrong error code, 3 wrong CR2, 4 wrong
 # saved RIP, 5 #PF on a page that is already mapped, 6 out of frames, 7 a fresh page did not
@@ -202,7 +203,16 @@ pf_handler:
     or rax, PTE_P + PTE_RW
     PV_SET_PTE rdi, rax
     inc dword ptr [faults]
-    PV_MAPPED rbx                    # PV: the queued entries and the new page, in one call
+.ifdef PV
+    # the queued zeroing and entries, and the page made ready for the retried access: one call
+    test byte ptr [expected_error], PF_WRITE
+    jz pv_mapped_for_read
+    PV_MAPPED_WRITE rbx
+    jmp pv_mapped
+pv_mapped_for_read:
+    PV_MAPPED rbx
+pv_mapped:
+.endif
     pop rdi
     pop rsi
     pop rdx
@@ -221,6 +231,7 @@ ensure_table:
     call alloc_frame
     or rax, PTE_P + PTE_RW
     PV_SET_PTE rdi, rax
+    PV_PTE_COMMIT                    # PV: the new table is zero before the pager reads it
 ensure_table_present:
     mov rcx, 0x000FFFFFFFFFF000
     and rax, rcx
@@ -233,6 +244,9 @@ alloc_frame:
     jae out_of_frames
     lea rcx, [rax + 4096]
     mov [next_frame], rcx
+.ifdef PV
+    PV_QUEUE_CLEAR_PAGE rax          # with the entries that map it, in one call
+.else
     push rdi
     push rax
     mov rdi, rax
@@ -242,6 +256,7 @@ alloc_frame:
     rep stosq
     pop rax
     pop rdi
+.endif
     ret
 
 # --- failures ----------------------------------------------------------------------------------

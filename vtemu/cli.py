@@ -10,8 +10,10 @@ import argparse
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence, TextIO
 
+from vtemu.bench import catalog as bench_catalog
+from vtemu.bench import command as bench_command
 from vtemu.errors import BadInput, VtemuError
 from vtemu.hv.outcome import RunEnd
 from vtemu.machine import layout
@@ -42,8 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad options end with one line on stderr and exit code 2 (README "Exit codes"), not
+    argparse's usage block; `vtemu COMMAND -h` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(RunEnd.BAD_INPUT, f"{self.prog}: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vtemu", description=__doc__.splitlines()[0])
+    parser = _OneLineErrors(prog="vtemu", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="boot a guest kernel through the firmware")
     _add_boot_options(run)
@@ -66,12 +76,14 @@ def _parser() -> argparse.ArgumentParser:
                             "numbers or aliases (io, hlt, cpuid, msr, cr, ept, ext, exc, vmcall, ...)")
     trace.set_defaults(command=_trace, stats=False, json=False, csv=None)
     bench = commands.add_parser("bench", help="measure vtemu (benchmarks/, README \"Benchmarks\")")
-    bench.add_argument("--suite", default="exit-cost", choices=["exit-cost", "paging", "disk-io"],
-                       help="which measurements (default: %(default)s)")
+    bench.add_argument("--suite", default=bench_catalog.DEFAULT_SUITE, metavar="NAME",
+                       help=f"the matrix suites {', '.join(bench_catalog.SUITES)}, or one of the older "
+                            "suites listed by --list (default: %(default)s)")
     bench.add_argument("--repeat", type=_positive_int, metavar="N", help="repeats per measurement")
     bench.add_argument("--quick", action="store_true", help="small loops: a fast, noisier run")
     bench.add_argument("--json", dest="json_path", type=Path, metavar="FILE",
-                       help="also write the results as JSON")
+                       help="also write the results as JSON (the matrix: every raw sample)")
+    bench_command.add_arguments(bench, _positive_int)
     bench.set_defaults(command=_bench)
     assemble = commands.add_parser("asm", help="assemble a guest (multiboot) or the firmware ROM")
     assemble.add_argument("source", type=Path)
@@ -156,13 +168,7 @@ def _asm(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import json
-    from vtemu.bench.suites import SUITES
-    results = SUITES[args.suite](args.quick, args.repeat, sys.stdout)
-    if args.json_path:
-        args.json_path.parent.mkdir(parents=True, exist_ok=True)
-        args.json_path.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return bench_command.run_bench(args, sys.stdout, sys.stderr)
 
 
 def _boot(args: argparse.Namespace,

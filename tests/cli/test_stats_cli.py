@@ -56,3 +56,15 @@ def test_unwritable_csv_is_one_line_before_the_guest_runs(capsys, tmp_path) -> N
     code, out, err = _run(capsys, "run", TICK, "--stats", "--csv", str(tmp_path / "no" / "s.csv"))
     assert code == RunEnd.BAD_INPUT and out == ""
     assert len(err.strip().splitlines()) == 1 and "no such file" in err
+
+
+def test_stats_show_the_memory_and_translation_counters(capsys) -> None:
+    code, out, err = _run(capsys, "run", str(GUESTS / "ptemod.S"), "--paging", "shadow", "--stats")
+    assert code == 0
+    memory = next(line for line in err.splitlines() if line.startswith("memory (shadow):"))
+    assert "hidden_faults" in memory and "shadow_root_hits" in err
+    code, out, err = _run(capsys, "run", str(GUESTS / "hello.S"), "--mode", "bt", "--stats", "--json")
+    assert code == 0
+    counters = json.loads(err)[0]["counters"]
+    assert counters["translation"]["blocks"] > 0 and counters["translation"]["tc_bytes"] > 0
+    assert counters["callouts"]["IO_INSTRUCTION"] > 0 and "memory (ept)" in counters

@@ -181,7 +181,7 @@ def qemu_available() -> bool:
 
 
 def run_qemu(image: bytes, timeout_s: float = 60.0, serial_input: bytes = b"",
-             disk: Path | None = None) -> QemuRun:
+             disk: Path | None = None, cpus: int = 1) -> QemuRun:
     """The same image under `qemu-system-x86_64 -kernel` (TCG), COM1 on stdin/stdout;
     `disk` a raw image file as the primary-master IDE disk (QEMU writes to it).
 
@@ -195,6 +195,8 @@ def run_qemu(image: bytes, timeout_s: float = 60.0, serial_input: bytes = b"",
                    "-display", "none", "-nodefaults", "-no-reboot", *DEBUG_EXIT_ARGS]
         if disk is not None:
             command += ["-drive", f"file={disk},format=raw,if=ide,index=0,media=disk"]
+        if cpus != 1:
+            command += ["-smp", str(cpus)]
         with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}) as qemu:
             assert qemu.stdin is not None and qemu.stdout is not None

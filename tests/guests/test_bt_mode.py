@@ -51,3 +51,80 @@ def test_code_on_a_written_page_is_retranslated_not_stale(boot) -> None:
     assert bt.serial == boot("tick").serial
     counters = _translator(bt).counters
     assert counters.invalidations >= 50 and counters.callouts["stale"] > 0
+
+
+def test_translation_guest_exercises_lookup_chaining_and_invalidation(boot) -> None:
+    """guests/translation.S checks its own results (RIP-relative operands, indirect branches,
+    self-modifying code, precise #PF/#DE, interrupts in a hot loop); here: the translator
+    really took the paths those checks are about."""
+    bt = run_guest("translation", mode="bt")
+    assert bt.serial == boot("translation").serial and bt.exit_code == 0
+    counters = _translator(bt).counter_values()
+    assert counters["lookup_hits"] > 200            # 200 rounds of CALL [mem], JMP reg, RET
+    assert counters["invalidations"] >= 16          # one per rewrite of `patched`, at least
+    assert counters["chained"] > 0 and counters["superblocks"] > 0
+    interrupts = bt.partition.callout_stats.merged()
+    assert any(reason.name == "EXTERNAL_INTERRUPT" for reason in interrupts)
+
+
+def test_sensitiveloop_takes_two_exits_per_iteration_under_vtx_and_none_under_bt(boot) -> None:
+    vtx, bt = boot("sensitiveloop"), run_guest("sensitiveloop", mode="bt")
+    assert bt.serial == vtx.serial
+    cr_exits = sum(1 for record in vtx.exits if record.reason.name == "CR_ACCESS")
+    assert cr_exits == 2 * 20000 + 1                 # and the final MOV CR8 that clears it
+    assert not any(record.reason.name == "CR_ACCESS" for record in bt.exits)
+    assert bt.partition.stats.total < 100
+
+
+FAR_CALLS = """
+.include "multiboot.inc"
+.include "serial.inc"
+.code32
+_start:
+    mov esp, stack_top
+    SERIAL_INIT
+    .byte 0x9A                      # CALL 08h:far_target (ptr16:32)
+    .long far_target
+    .word 0x08
+back:
+    cmp dword ptr [saved_eip], back
+    jne wrong
+    cmp word ptr [saved_cs], 0x08
+    jne wrong
+    PUTS msg_ok
+    mov eax, 0x08
+    push eax
+    mov eax, far_target
+    push eax
+    lcall [esp]                     # CALL m16:32 through ESP: refused by the translator
+    EXIT 0
+wrong:
+    EXIT 1
+far_target:
+    mov eax, [esp]
+    mov [saved_eip], eax
+    mov eax, [esp + 4]
+    mov [saved_cs], eax
+    retf
+saved_eip: .long 0
+saved_cs: .long 0
+msg_ok: .ascii "far call pushed the guest's CS:EIP\\n"
+    .byte 0
+SERIAL_ROUTINES
+MULTIBOOT_IMAGE_END 0x2000
+.equ stack_top, _bss_end
+"""
+
+
+def test_far_call_pushes_guest_cs_eip_and_an_untranslatable_form_ends_the_run_cleanly(
+        tmp_path: Path) -> None:
+    from vtemu.asm import build_guest
+    from vtemu.hv.outcome import RunEnd
+    source = tmp_path / "farcall.S"
+    source.write_text(FAR_CALLS)
+    image = build_guest(source)
+    vtx = run_guest("farcall", image=image)
+    assert vtx.text == "far call pushed the guest's CS:EIP\n" and vtx.exit_code == 0
+    bt = run_guest("farcall", image=image, mode="bt")
+    assert bt.text == vtx.text
+    assert bt.exit_code == RunEnd.INTERNAL_ERROR and "far call form" in bt.reason

@@ -1,5 +1,6 @@
-"""Several vCPUs: INIT-SIPI-SIPI bring-up (smp_hello), spinlocks with and without PAUSE-loop
-exiting (spinlock), time slicing and determinism."""
+"""Several vCPUs: INIT-SIPI-SIPI bring-up (smp_hello), spinlocks without mitigation, with
+PAUSE-loop exiting and enlightened (spinlock, PV=1 under --mode pv), time slicing and
+determinism."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from vtemu.asm import build_guest
 from vtemu.hv.boot import build_partitions
 from vtemu.hv.partition import Partition, PartitionSpec
 from vtemu.hv.runloop import RunLimits, Runner
+from vtemu.modes import SOURCE_DEFINES
 from vtemu.vmx.reasons import ExitReason
 
 TIMEOUT_S = 120.0
@@ -113,6 +115,44 @@ def test_pause_loop_exiting_cuts_spin_waste_with_four_vcpus() -> None:
     assert not plain.reasons(ExitReason.PAUSE)
     assert ple.reasons(ExitReason.PAUSE)
     assert ple.partition.scheduler.stats.yields["pause-loop"] == len(ple.reasons(ExitReason.PAUSE))
+
+
+@functools.cache
+def enlightened_spinlock(vcpus: int) -> SmpRun:
+    return run_smp("spinlock", vcpus, mode="pv", defines=SOURCE_DEFINES["pv"])
+
+
+def long_spin_notifications(run: SmpRun) -> int:
+    return sum(run.partition.hypercalls.long_spin_waits.values())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("vcpus", [1, 2, 4])
+def test_enlightened_spinlock_count_is_exact(vcpus: int) -> None:
+    run = enlightened_spinlock(vcpus)
+    expected = 200 * vcpus
+    assert f"spinlock: count {expected} expected {expected}" in run.text
+    assert run.exit_code == 0
+
+
+def test_enlightened_spinner_notifies_and_yields_with_four_vcpus() -> None:
+    run = enlightened_spinlock(4)
+    notifications = long_spin_notifications(run)
+    assert notifications > 0
+    # Every HvCallNotifyLongSpinWait (TLFS 0008h) ended the caller's turn, and no PAUSE exited.
+    assert run.partition.scheduler.stats.yields == {"long-spin": notifications}
+    assert not run.reasons(ExitReason.PAUSE)
+
+
+def test_enlightened_single_vcpu_never_notifies() -> None:
+    run = enlightened_spinlock(1)
+    assert spin_iterations(run) == 0
+    assert long_spin_notifications(run) == 0
+
+
+def test_both_cures_cut_spin_waste_with_four_vcpus() -> None:
+    plain = spin_iterations(spinlock(4, False))
+    assert spin_iterations(spinlock(4, True)) < plain
+    assert spin_iterations(enlightened_spinlock(4)) < plain
 
 
 def test_one_vcpu_never_spins() -> None:

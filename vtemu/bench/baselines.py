@@ -1,19 +1,26 @@
 """Baselines measured in the same run as the matrix: raw Unicorn and QEMU TCG.
 
 raw-unicorn (exit-free benchmarks only: compute, callret, pause). What is compared: the very
-bytes of the guest's measured loop (bench_loop up to bench_loop_end of the assembled image),
-on a bare Unicorn engine in 64-bit mode with no hooks, no VMM and no paging (flat memory: the
-image at its load address, RAM from 0 up to the end of its bss), entered with r12 = the count,
-r13 = r14 = 0 and RSP = stack_top, timed around `emu_start` with the host clock. vtemu runs the
-same bytes after booting through the firmware, in long mode with the guest's page tables under
-EPT or shadow paging, so its figure includes the TLB fills of its first pass and the two mark
-exits; raw Unicorn's includes one `emu_start`. The loop's own checks (r13 = count, and
-compute's prime count in r14) are verified after the raw run too.
+bytes of the guest's measured loop (bench_loop up to bench_loop_end of the assembled image) on
+a bare Unicorn engine in 64-bit mode, no VMM, entered with r12 = the count, r13 = r14 = 0 and
+RSP = stack_top, and timed around `emu_start` with the host clock; the loop's own checks (r13 =
+count, compute's prime count in r14) are verified after. Memory is flat (linear = physical,
+the image at its load address, RAM up to the end of its bss). The one hook is a TLB-miss hook
+that installs those identity translations, with the image's pages read+execute and the rest
+read+write, as vtemu's own fills never map a page of translated code writable: a page that is
+both is what Unicorn guards against self-modifying code, and with plain `mem_map` RAM (every
+page writable and executable) the memory-touching loops ran 3-4x slower on this project's
+machine (compute ~1 ms instead of ~0.25 ms per iteration), which would make the "ceiling" a
+floor. The hook runs once per page (a handful of times per run), never inside the loop.
+vtemu's figure for the same loop includes its two mark exits and first-pass TLB fills; raw
+Unicorn's includes one `emu_start`.
 
 qemu-tcg (compute and boot, when qemu-system-x86_64 is on the PATH). The same multiboot image
 under `qemu-system-x86_64 -accel tcg -kernel` with isa-debug-exit, timed as a host process.
 QEMU has no bench port, so the fixed cost (QEMU's start-up, its firmware, the guest's boot)
-is removed by differencing: ns per iteration = (t(2N) - t(N)) / N. `boot` is one whole
+is removed by differencing: ns per iteration = (t(2N) - t(N)) / N, with N 20 times the
+count vtemu runs (matrix.py QEMU_ITERATION_FACTOR: QEMU is faster, and the difference must
+stand above process start-up noise). `boot` is one whole
 process run (QEMU's own start-up included, which vtemu's boot figure does not have).
 """
 
@@ -65,9 +72,19 @@ class RawUnicornLoop:
         self.name = source.stem
         self.loop, self.loop_end = symbols["bench_loop"], symbols["bench_loop_end"]
         self.stack_top = symbols["stack_top"]
+        self.code = range(GUEST_BASE, GUEST_BASE + len(image.data))
         self.engine = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         self.engine.mem_map(0, (symbols["_bss_end"] + TWO_MIB - 1) & ~(TWO_MIB - 1))
         self.engine.mem_write(GUEST_BASE, image.data)
+        self.engine.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
+        self.engine.hook_add(unicorn.UC_HOOK_TLB_FILL, self._identity_fill)
+
+    def _identity_fill(self, uc: unicorn.Uc, linear: int, access: int, entry, user_data: object) -> bool:
+        page = linear & ~0xFFF
+        entry.paddr = page
+        entry.perms = (unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC if page in self.code
+                       else unicorn.UC_PROT_READ | unicorn.UC_PROT_WRITE)
+        return True
 
     def run(self, iterations: int) -> BaselineSample:
         engine = self.engine

@@ -45,20 +45,21 @@ DEFAULT_PARAMETERS: tuple[CostParameter, ...] = (
         "VM exits that are not hypercalls (every reason), each a VM exit + VM entry round trip",
         "Landau, Ben-Yehuda, Gordon, 'SplitX: Split Guest/Hypervisor Execution on Multi-Core', "
         "WIOV 2011: a VM exit + entry round trip costs on the order of 2,000 cycles on "
-        "Nehalem-era processors with KVM"),
+        "Nehalem-era processors with KVM. (First-generation VT-x was far slower: Adams & "
+        "Agesen, ASPLOS 2006, measured an exiting IN at 15,826 cycles on a Pentium 4; set "
+        "vm_exit to ~12000 to model that machine.)"),
     CostParameter(
         "hypercall", 2000.0,
         "hypercalls (pv: VMCALLs the hypervisor served as TLFS calls)",
         "a hypercall under VT-x is a VMCALL exit + entry: same round trip as vm_exit (SplitX, "
         "above); the handler's own work is not modeled separately"),
     CostParameter(
-        "bt_callout", 150.0,
+        "bt_callout", 200.0,
         "binary-translation callouts (translated code calling the monitor: sensitive "
         "instructions, exit stubs, lookup misses)",
-        "assumption: a callout stays in the monitor's address space and privilege level (a "
-        "call, a register save and a dispatch), so it costs a small multiple of a function "
-        "call: an order of magnitude under a VM exit, as Adams & Agesen (ASPLOS 2006, 'in' and "
-        "'cr8wr') describe translated sensitive instructions beating exits"),
+        "Adams & Agesen, ASPLOS 2006, Section 6.2: the software VMM's IN, a short translated "
+        "sequence calling into the virtual chipset, ran ~15x faster than a native IN of 3,209 "
+        "cycles, i.e. ~210 cycles; their adaptive PTE-write sequence took 391 cycles"),
     CostParameter(
         "bt_translated_instruction", 500.0,
         "guest instructions translated by binary translation (one-time, amortized)",

@@ -80,7 +80,8 @@ class LoopRun:
     exits: int                      # VM exits between the marks (the end mark excluded)
 
 
-def _image(body: str, iterations: int, setup: str = "") -> bytes:
+def loop_image(body: str, iterations: int, setup: str = "") -> bytes:
+    """A flat loop guest running `body` `iterations` times between two marks on port E9h."""
     source = GUEST.format(setup=setup, mark=MARK_PORT, iterations=iterations, body=body)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.S"
@@ -118,7 +119,7 @@ def _timed_guest_loop(image: bytes, complete_vmcall: bool = False, clock_live: b
 
 def exit_round_trips(iterations: int = 20000, repeats: int = 5) -> list[Measurement]:
     """Median µs per exit round trip, net of the loop's own instructions."""
-    images = {name: _image(body, iterations) for name, body in LOOPS.items()}
+    images = {name: loop_image(body, iterations) for name, body in LOOPS.items()}
     runs: dict[str, list[LoopRun]] = {name: [] for name in LOOPS}
     for _ in range(repeats):
         for name, image in images.items():  # alternate so host drift hits every loop alike
@@ -148,7 +149,7 @@ def _raw_unicorn_loop(iterations: int) -> float:
 
 def exit_free_throughput(iterations: int = 20_000_000, repeats: int = 3) -> dict[str, float]:
     """Guest-loop seconds under vtemu (uncounted and counted) and raw Unicorn; ratios to raw."""
-    image = _image(COMPUTE_BODY, iterations)
+    image = loop_image(COMPUTE_BODY, iterations)
     raw, free, counted = [], [], []
     exits = 0
     for _ in range(repeats):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, TextIO
 
-from vtemu.bench import disk_io, exit_cost, paging
+from vtemu.bench import bt_speedup, disk_io, exit_cost, paging, spinlock
 from vtemu.bench.report import print_exit_cost, print_paging
 
 
@@ -27,7 +27,21 @@ def disk_io_suite(quick: bool, repeats: int | None, stream: TextIO) -> object:
     return [run.as_dict() for run in runs]
 
 
+def bt_suite(quick: bool, repeats: int | None, stream: TextIO) -> object:
+    results = bt_speedup.measure(quick=quick, repeats=repeats or (1 if quick else 3))
+    bt_speedup.print_results(results, stream)
+    return [result.as_dict() for result in results]
+
+
+def spinlock_suite(quick: bool, repeats: int | None, stream: TextIO) -> object:
+    runs = spinlock.measure(repeats or (1 if quick else 3))
+    print(spinlock.format_table(runs), file=stream)
+    return [run.as_dict() for run in runs]
+
+
 SUITES: dict[str, Callable[[bool, int | None, TextIO], object]] = {
+    "spinlock": spinlock_suite,
+    "bt": bt_suite,
     "exit-cost": exit_cost_suite,
     "paging": paging_suite,
     "disk-io": disk_io_suite,

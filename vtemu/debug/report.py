@@ -74,6 +74,48 @@ def summary(partition: "Partition", wall_s: float) -> dict[str, object]:
     }
 
 
+def counter_sections(partition: "Partition") -> dict[str, dict[str, object]]:
+    """The mechanisms' own counters: memory virtualization (the paging scheme's: walks and
+    their references, EPT violations, hidden/true faults, table writes, CR3 loads, root
+    hits...), binary translation (per vCPU, summed: blocks, superblocks, TC bytes, chains,
+    lookups, invalidations, callouts by kind) and BT callouts into the hypervisor by reason."""
+    sections: dict[str, dict[str, object]] = {
+        f"memory ({partition.spec.paging})": dict(partition.paging.counter_values())}
+    engines = [cpu.mode_engine for cpu in partition.vcpus
+               if hasattr(cpu.mode_engine, "counter_values")]
+    if engines:
+        sections["translation"] = _summed([engine.counter_values() for engine in engines])
+    if partition.callout_stats.total:
+        sections["callouts"] = {reason.name: s.count
+                                for reason, s in _sorted(partition.callout_stats.merged())}
+    return sections
+
+
+def _summed(values: list[dict[str, object]]) -> dict[str, object]:
+    total: dict[str, object] = {}
+    for counters in values:
+        for key, value in counters.items():
+            if isinstance(value, dict):
+                inner = total.setdefault(key, {})
+                for name, count in value.items():
+                    inner[name] = inner.get(name, 0) + count  # type: ignore[union-attr]
+            elif isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value      # type: ignore[operator]
+    if "superblocks" in total:
+        blocks = total["superblocks"] or 0
+        total["mean_superblock_length"] = round(total.get("superblock_instructions", 0) / blocks, 1) \
+            if blocks else 0.0                                   # type: ignore[operator]
+    return total
+
+
+def _section_line(name: str, counters: dict[str, object]) -> str:
+    def show(value: object) -> str:
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k} {v}" for k, v in value.items()) + "}"
+        return str(value)
+    return f"{name}: " + ", ".join(f"{key} {show(value)}" for key, value in counters.items())
+
+
 # --- table ------------------------------------------------------------------------------------
 def _table(title: str, stats: dict[ExitReason, ReasonStats]) -> Table:
     table = Table(title=title, title_justify="left")
@@ -126,12 +168,15 @@ def print_stats(partition: "Partition", wall_s: float, stream: TextIO) -> None:
     console.print(f"{info['exits']} exits, {info['guest_instructions_counted']} guest instructions counted, "
                   f"{info['tlb_fills']} TLB fills, {info['ept_walk_references']} EPT-walk references, "
                   f"{info['wall_seconds']} s")
+    for name, counters in counter_sections(partition).items():
+        console.print(_section_line(name, counters))
 
 
 # --- JSON and CSV -----------------------------------------------------------------------------
 def stats_dict(partition: "Partition", wall_s: float) -> dict[str, object]:
     stats = partition.stats
-    return {"summary": summary(partition, wall_s), "exits": reason_rows(stats.merged()),
+    return {"summary": summary(partition, wall_s), "counters": counter_sections(partition),
+            "exits": reason_rows(stats.merged()),
             "vcpus": [{"vcpu": vcpu, "exits": reason_rows(stats.for_vcpu(vcpu))} for vcpu in stats.vcpus()]}
 
 

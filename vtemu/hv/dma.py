@@ -11,7 +11,7 @@ there is refused and logged (hv/iommu.py), whatever bus address the guest progra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from vtemu.devices.dma_copy import REGISTER_SPACE, CopyEngine, DmaRefused
 from vtemu.hv.iommu import DmaBlocked, RemappingUnit, SourceId
@@ -30,10 +30,12 @@ COPY_ENGINE_SOURCE = SourceId(bus=0, device=3, function=0)
 class RemappedBusMaster:
     """A device's bus master port: every address goes through the remapping unit."""
 
-    def __init__(self, unit: RemappingUnit, source: SourceId, host: HostMemory) -> None:
+    def __init__(self, unit: RemappingUnit, source: SourceId, host: HostMemory,
+                 written: Callable[[int, int], None] = lambda hpa, length: None) -> None:
         self.unit = unit
         self.source = source
         self.host = host
+        self.written = written          # who must hear of a write (code derived from the page)
 
     def check(self, address: int, length: int, write: bool) -> None:
         try:
@@ -50,6 +52,7 @@ class RemappedBusMaster:
         offset = 0
         for hpa, size in self.unit.translate_range(self.source, address, len(data), write=True):
             self.host.write(HPA(hpa), data[offset:offset + size])
+            self.written(hpa, size)
             offset += size
 
 
@@ -60,8 +63,18 @@ def attach_copy_engine(partition: "Partition") -> CopyEngine:
         if piece.perms & EptPerm.W:         # RAM only: never the ROM or the ACPI page
             unit.grant(domain, piece.gpa, piece.hpa, piece.size)
     unit.attach(COPY_ENGINE_SOURCE, domain)
-    engine = CopyEngine(RemappedBusMaster(unit, COPY_ENGINE_SOURCE, partition.host),
+    engine = CopyEngine(RemappedBusMaster(unit, COPY_ENGINE_SOURCE, partition.host,
+                                          _memory_written(partition)),
                         partition.pic.irq_line(COPY_ENGINE_IRQ))
     partition.ports.attach("copy-engine", COPY_ENGINE_BASE, REGISTER_SPACE, engine, byte_wide=False)
     partition.iommu = unit
     return engine
+
+
+def _memory_written(partition: "Partition") -> Callable[[int, int], None]:
+    """A DMA write is a store no vCPU's TLB saw: code any vCPU scanned or translated from the
+    page must go (machine/code_pages.py), and a shadow MMU must hear of it, as for a VMM write
+    made on behalf of the vCPU that started the copy."""
+    def written(hpa: int, length: int) -> None:
+        partition.current_cpu.vcpu.host_memory_written(hpa, length)
+    return written

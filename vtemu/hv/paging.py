@@ -43,7 +43,7 @@ class NestedPagingScheme:
         cpu.vcpu.flush_tlb()
         return True
 
-    def invalidate_page(self, cpu: "VmxCpu", linear: int, refill: bool = False) -> None:
+    def invalidate_page(self, cpu: "VmxCpu", linear: int, refill: object = None) -> None:
         cpu.vcpu.flush_tlb()      # Unicorn's TLB flushes whole; INVLPG may flush more (SDM 4.10.4.1)
 
     def flush_guest_tlb(self, cpu: "VmxCpu") -> None:

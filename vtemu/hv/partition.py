@@ -38,6 +38,7 @@ from vtemu.hv.smp import SMP_CAPABILITIES, attach_local_apics
 from vtemu.hv.stats import ExitStats
 from vtemu.machine import layout
 from vtemu.machine.clock import GuestClock
+from vtemu.machine.code_pages import SharedCodePages
 from vtemu.machine.decode import Instruction
 from vtemu.machine.memory import HostMemory, HostRegion
 from vtemu.machine.vcpu import VCpu
@@ -96,6 +97,7 @@ class Partition:
         self.copy_engine = attach_copy_engine(self)
         self.cpuid = CpuidPolicy(spec.vcpus)
         self.paging_units: list[tuple[NestedPaging, DirectPaging]] = []
+        self.code_pages = SharedCodePages()  # cross-vCPU self-modifying code (machine/code_pages.py)
         self.memory.map_firmware_page("ACPI tables", acpi.ACPI_TABLES_GPA, acpi.tables_page(spec.vcpus))
         self.vcpus = [self._create_vcpu(i) for i in range(spec.vcpus)]
         self.current_cpu = self.vcpus[0]     # whose exit is being handled (banked devices)
@@ -139,6 +141,7 @@ class Partition:
         translator = NestedPaging(self.host, lambda: holder[0].vmcs.read(F.EPT_POINTER))
         regions = [self.memory.ram, self.memory.rom, *self.memory.firmware_pages]  # EPT can reach nothing else
         vcpu = VCpu(index, self.host, self.clock, translator, regions=regions)
+        vcpu.join_code_pages(self.code_pages)
         cpu = VmxCpu(vcpu, self.host, self.ports, self.pic, caps=SMP_CAPABILITIES)
         direct = DirectPaging(self.host)
         cpu.attach_paging(translator, direct)

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from vtemu.errors import VtemuError
 from vtemu.hv.outcome import RunEnd, Shutdown
 from vtemu.hv.partition import Partition
 from vtemu.hv.scheduler import MAX_STOPS_PER_TURN
@@ -47,7 +48,7 @@ class Runner:
                 if not active:
                     break
                 for partition in active:
-                    self._round(partition)
+                    self._guarded_round(partition)
         if self._abort is not None:
             for partition in self.partitions:
                 partition.end(self._abort)
@@ -64,6 +65,18 @@ class Runner:
         if partition is not None:
             for cpu in partition.vcpus:
                 cpu.vcpu.request_stop()
+
+    def _guarded_round(self, partition: Partition) -> None:
+        """A fault in the VMM itself ends that partition with a defined outcome and a state
+        dump (exit code INTERNAL_ERROR), never a traceback; the other partitions go on."""
+        try:
+            self._round(partition)
+        except VtemuError:
+            raise                               # the user's input was wrong: a one-line error
+        except Exception as error:          # noqa: BLE001 - any VMM bug is reported, not raised
+            self._running = None
+            partition.end(Shutdown(RunEnd.INTERNAL_ERROR,
+                                   f"internal error: {type(error).__name__}: {error}", dump=True))
 
     def _round(self, partition: Partition) -> None:
         ran = False

@@ -289,27 +289,30 @@ class ShadowPaging:
         self._activate(cpu)
         return True
 
-    def invalidate_page(self, cpu: "VmxCpu", linear: int, refill: bool = False) -> None:
+    def invalidate_page(self, cpu: "VmxCpu", linear: int, refill: Access | None = None) -> None:
         """INVLPG on the guest's behalf (a TLB-flush hypercall), without the exit. With
-        `refill` the leaf is rebuilt at once from the guest's tables when they map the page
-        (a read walk, which may set accessed flags as a processor's speculative fill may,
-        SDM 4.8), so the guest's next access does not take a hidden fault."""
+        `refill` the leaf is rebuilt at once from the guest's tables when they allow that
+        access, so the guest's next access does not take a hidden fault. The walk sets the
+        accessed flag (and for a write the dirty flag) as the processor's access would; a
+        paravirtual guest asks for it just before that access."""
         state = self._states[cpu.index]
         if state.shadowing:
             self.mmu.drop(state.root, linear & PAGE_MASK)
-            if refill:
-                self._refill(cpu, linear)
+            if refill is not None:
+                self._refill(cpu, linear, refill)
         cpu.vcpu.flush_tlb()
 
-    def _refill(self, cpu: "VmxCpu", linear: int) -> None:
+    def _refill(self, cpu: "VmxCpu", linear: int, access: Access) -> None:
         try:
-            guest = self.guest_walk(cpu, linear, Access())
+            guest = self.guest_walk(cpu, linear, access)
         except (PageFault, SecondLevelFault):
-            return              # not mapped (or mapped strangely): the fault path decides later
+            return              # not allowed (or mapped strangely): the fault path decides later
         gpa_page = guest.gpa & PAGE_MASK
         hpa_page = self.partition.memory.gpa_to_hpa(gpa_page, 4096)
-        if hpa_page is not None:
-            self._install(cpu, linear, guest, Access(), hpa_page)
+        if hpa_page is None or (access.write and (self.mmu.is_page_table(gpa_page)
+                                                  or self.partition.memory.is_rom(gpa_page))):
+            return              # device memory, or a write the fault path must see
+        self._install(cpu, linear, guest, access, hpa_page)
 
     def flush_guest_tlb(self, cpu: "VmxCpu") -> None:
         """A whole-address-space flush: the shadow already follows every write to the

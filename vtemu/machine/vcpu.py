@@ -27,6 +27,7 @@ import unicorn.x86_const as U
 from vtemu.machine import layout
 from vtemu.machine.addr import PAGE_MASK, PAGE_SIZE
 from vtemu.machine.clock import GuestClock
+from vtemu.machine.code_pages import SharedCodePages
 from vtemu.machine.cpustate import HF_CS32, HF_CS64, CpuContext, Seg, SegmentCache
 from vtemu.machine.decode import CodeMode, Decoder, Instruction, MAX_INSN_LENGTH
 from vtemu.machine.memory import HostMemory, HostRegion
@@ -125,6 +126,11 @@ class VCpu:
         self.engine = Engine(_real_mode_engine())
         self.context = CpuContext(self.engine)
         self.sites = SiteRegistry(self.decoder, self._plant_site, self._remove_site)
+        # Code pages shared with the other vCPUs of the partition (code_pages.py); alone until
+        # it joins the partition's registry. `_writable`: pages this TLB may write unseen.
+        self.code_pages = SharedCodePages()
+        self.code_pages.join(self)
+        self._writable: set[int] = set()
         memory.map_into(self.engine.uc, regions)
         self.engine.uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
         self.engine.uc.ctl_exits_enabled(True)  # empty exit set: no "until" address to invalidate
@@ -273,20 +279,45 @@ class VCpu:
         """A VMM write into guest memory: translated code on that page must be dropped, and
         whoever shadows guest memory (shadow page tables) hears of it."""
         self.memory.write(hpa, data)
+        self.host_memory_written(hpa, len(data))
+
+    def host_memory_written(self, hpa: int, length: int) -> None:
+        """Guest memory changed behind the TLB (the VMM for this vCPU, or a device): the
+        observers hear of it, and code derived from it here or in another vCPU goes."""
         for observer in self.write_observers:
-            observer(hpa, len(data))
+            observer(hpa, length)
         page = hpa & PAGE_MASK
-        last = (hpa + len(data) - 1) & PAGE_MASK
+        last = (hpa + length - 1) & PAGE_MASK
+        for written in {page, last}:
+            self.code_pages.written(self, written)
         if not (self.sites.is_code_page(page) or self.sites.is_code_page(last)):
             return
         self.sites.note_write(page)
         self.sites.note_write(last)
+        self._drop_translations()
+
+    def _drop_translations(self) -> None:
         if self._running:
             # Translated blocks cannot be dropped while one may be executing: leave first.
             self._deferred_flush = True
             self.request_stop()
         else:
             self.flush_translations()
+
+    # --- the partition's shared code pages (code_pages.py) ------------------------------
+    def join_code_pages(self, shared: SharedCodePages) -> None:
+        self.code_pages = shared
+        shared.join(self)
+
+    def revoke_write(self, hpa_page: int) -> None:
+        """Another vCPU now executes the page: writes here must fill the TLB again."""
+        if hpa_page in self._writable:
+            self.flush_tlb()
+
+    def code_page_written(self, hpa_page: int) -> None:
+        """Another vCPU (or a device) wrote a page this one executed: rescan and retranslate."""
+        self.sites.note_write(hpa_page)
+        self._drop_translations()
 
     def fetch(self, linear: int) -> bytes:
         """Up to 15 instruction bytes at a linear address (fewer at an unmapped page end)."""
@@ -364,6 +395,7 @@ class VCpu:
 
     def flush_tlb(self) -> None:
         self.engine.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+        self._writable.clear()
 
     def _clock_went_live(self) -> None:
         """Something just looked at guest time: from now on every instruction must count, and
@@ -507,6 +539,7 @@ class VCpu:
         if site is None:
             return
         self._epoch += 1
+        self._emulated_in_hook = False   # an earlier site of this slice is not this instruction
         self._phase = _Phase.BEFORE
         try:
             self.events.sensitive_instruction(site)
@@ -538,6 +571,7 @@ class VCpu:
         if check is None or self._stop is not None or not check(address):
             return
         self._debug_stop_at = address
+        self._emulated_in_hook = False
         self._phase = _Phase.BEFORE
         try:
             self.request_stop()
@@ -592,13 +626,17 @@ class VCpu:
             return PROT_R                           # so that a write comes back here
         if access is MemoryAccess.FETCH:
             self.sites.fetched(vpage, fill.hpa, lambda: self._code_window(vpage, fill.hpa))
+            self.code_pages.executing(self, fill.hpa)
             return PROT_R | PROT_X
-        code_page = self.sites.is_code_page(fill.hpa)
+        code_page = self.sites.is_code_page(fill.hpa) or self.code_pages.is_code(fill.hpa)
         if access is MemoryAccess.WRITE:
             if code_page:
                 self.sites.note_write(fill.hpa)
+                self.code_pages.written(self, fill.hpa)
+            self._writable.add(fill.hpa)
             return PROT_R | PROT_W
         if fill.writable and fill.dirty and not code_page:
+            self._writable.add(fill.hpa)
             return PROT_R | PROT_W
         return PROT_R
 

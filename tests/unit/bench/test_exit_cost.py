@@ -29,7 +29,7 @@ def test_vtemu_bench_prints_the_tables_and_writes_json(capsys, tmp_path, monkeyp
                         lambda quick, repeats: exit_cost.ExitCostReport(
                             exit_round_trips(30, 1), exit_free_throughput(2000, 1)))
     out_file = tmp_path / "out" / "cost.json"
-    assert main(["bench", "--quick", "--json", str(out_file)]) == 0
+    assert main(["bench", "--suite", "exit-cost", "--quick", "--json", str(out_file)]) == 0
     printed = capsys.readouterr().out
     assert "VM exit round trip" in printed and "raw Unicorn" in printed
     data = json.loads(out_file.read_text())

@@ -190,6 +190,7 @@ def test_vmcall_in_vtx_mode_stays_ud() -> None:
 def test_unknown_call_code(rig: PvRig) -> None:
     assert rig.call(0x7777) == HvStatus.INVALID_HYPERCALL_CODE
     assert rig.advanced() and rig.injected() is None
+    assert rig.service.statuses[HvStatus.INVALID_HYPERCALL_CODE] == 1 and rig.service.calls[0x7777] == 1
 
 
 @pytest.mark.parametrize("value", [
@@ -255,6 +256,22 @@ def test_a_long_rep_list_continues_and_then_completes(rig: PvRig) -> None:
     assert rig.advanced()
     assert rig.result() == result_value(HvStatus.SUCCESS, count)
     assert rig.service.continuations == 1
+
+
+def test_a_guest_re_issues_the_continued_call_and_sees_one_result(rig: PvRig) -> None:
+    count = REPS_PER_PASS + 100                  # 24 + 8 * 356 bytes: still one page
+    rig.qwords(PARAMS, 0, 1, 0, *[(0x100000 + 4096 * i) for i in range(count)])
+    run(rig, f"""
+        mov rcx, {input_value(FLUSH_LIST, rep_count=count)}
+        mov edx, {PARAMS}
+        xor r8d, r8d
+        mov eax, {HYPERCALL_PAGE}
+        call rax
+        mov r15, rax
+        hlt
+    """)
+    assert rig.get("r15") == result_value(HvStatus.SUCCESS, count)
+    assert rig.service.continuations == 1 and rig.service.calls[FLUSH_LIST] == 1
 
 
 def test_a_failed_rep_reports_the_reps_completed(rig: PvRig) -> None:

@@ -10,14 +10,14 @@ import pytest
 import unicorn.x86_const as U
 
 from tests.unit.hv.fakes import PAGING, PTE_P, PTE_RW, run
-from tests.unit.hv.pvrig import OUTPUT, PARAMS, PvRig
+from tests.unit.hv.pvrig import PARAMS, PvRig
 from vtemu.hv.hypercalls import HvStatus, input_value, result_value
 from vtemu.hv.outcome import Halt, Resume
 
 SWITCH, FLUSH_SPACE, FLUSH_LIST, SPIN = 0x0001, 0x0002, 0x0003, 0x0008
 MMU_UPDATE, CONSOLE, SHUTDOWN, PORT_WRITE, IDLE = 0x8001, 0x8002, 0x8003, 0x8004, 0x8005
 PT = PAGING + 0x3000          # the rig's long-mode page table (identity map of the first 2 MiB)
-INVLPG, FLUSH, LOAD_CR3 = 1, 2, 3
+INVLPG, FLUSH, LOAD_CR3, CLEAR = 1, 2, 3, 4
 RFLAGS_IF = 1 << 9
 
 
@@ -76,13 +76,23 @@ def test_a_remapped_page_is_seen_by_the_guest_after_the_batched_invalidate(rig: 
     (INVLPG | 8, 0x1000, HvStatus.INVALID_PARAMETER),         # an operation with a pointer
     (FLUSH, 5, HvStatus.INVALID_PARAMETER),                   # a flush with a value
     (LOAD_CR3, 1 << 60, HvStatus.INVALID_PARAMETER),          # CR3 reserved bits
-    (5, 0, HvStatus.INVALID_PARAMETER),                       # no such operation
+    (6, 0, HvStatus.INVALID_PARAMETER),                       # no such operation
+    (CLEAR, 0x70001, HvStatus.INVALID_ALIGNMENT),              # a frame not page aligned
+    (CLEAR, 0xFFFF0000, HvStatus.INVALID_PARAMETER),           # the ROM
+    (CLEAR, 0x50000, HvStatus.ACCESS_DENIED),                  # the hypercall page
 ])
 def test_mmu_update_rejects_bad_elements(rig: PvRig, ptr: int, value: int, expected: HvStatus) -> None:
     count = elements(rig, (PARAMS + 0x900, 7), (ptr, value))
     result = rig.call(MMU_UPDATE, PARAMS, rep_count=count)
     assert result == result_value(expected, 1)
     assert rig.u64(PARAMS + 0x900) == 7                       # the first element was applied
+
+
+def test_mmu_update_clears_a_frame(rig: PvRig) -> None:
+    rig.poke(0x70000, b"\xff" * 4096)
+    elements(rig, (CLEAR, 0x70000))
+    assert rig.call(MMU_UPDATE, PARAMS, rep_count=1) == result_value(HvStatus.SUCCESS, 1)
+    assert rig.peek(0x70000, 4096) == bytes(4096)
 
 
 def test_a_not_present_entry_may_hold_any_bits(rig: PvRig) -> None:

@@ -1,7 +1,7 @@
 """The hypercall ABI in the shape of the Hyper-V TLFS (v6.0): input value, result value, status
 codes, and the register conventions of VMCALL.
 
-TLFS 3.7 "Hypercall Inputs" -- the 64-bit input value:
+TLFS "Hypercall Inputs" -- the 64-bit input value:
 
     bits 15:0   call code                 bit 16      fast (parameters in registers)
     bits 26:17  variable header size      bits 30:27  reserved (zero)
@@ -9,10 +9,10 @@ TLFS 3.7 "Hypercall Inputs" -- the 64-bit input value:
     bits 43:32  rep count                 bits 47:44  reserved (zero)
     bits 59:48  rep start index           bits 63:60  reserved (zero)
 
-TLFS 3.8 "Hypercall Outputs" -- the 64-bit result value: status 15:0, reps completed 43:32,
+TLFS "Hypercall Outputs" -- the 64-bit result value: status 15:0, reps completed 43:32,
 every other bit zero.
 
-TLFS 3.6/3.7 register mapping ("Hypercall Inputs", "Register Mapping for Hypercall Inputs"):
+TLFS "Hypercall Inputs", register mapping:
 
     x64 (64-bit code)   input value RCX, input GPA (or fast input 1) RDX,
                         output GPA (or fast input 2) R8, result RAX
@@ -34,7 +34,7 @@ REP_COUNT_SHIFT, REP_START_SHIFT, REP_MASK = 32, 48, 0xFFF
 # Every bit the TLFS calls RsvdZ (including "nested", bit 31, which vtemu does not offer).
 INPUT_RESERVED = (0xF << 27) | (1 << 31) | (0xF << 44) | (0xF << 60)
 STATUS_MASK = 0xFFFF
-PARAMETER_ALIGNMENT = 8          # TLFS 3.7: input and output GPAs are 8-byte aligned
+PARAMETER_ALIGNMENT = 8          # TLFS "Hypercall Inputs": input and output GPAs are 8-byte aligned
 PAGE_SIZE = 4096
 
 
@@ -67,10 +67,10 @@ class HypercallError(Exception):
 
 @dataclass(frozen=True)
 class HypercallInput:
-    """One VMCALL's input, decoded once (TLFS 3.7). For a fast call `input`/`output` are the
+    """One VMCALL's input, decoded once (TLFS "Hypercall Inputs"). For a fast call `input`/`output` are the
     two register parameters (RDX and R8, or EBX:ECX and EDI:ESI); otherwise they are the
     input and output parameter GPAs. `rep_end` is where this pass of a rep call stops: the
-    dispatcher may cut a long rep list into several passes (TLFS 3.9 continuation)."""
+    dispatcher may cut a long rep list into several passes (TLFS "Hypercall Continuation")."""
 
     value: int
     input: int
@@ -110,7 +110,7 @@ class HypercallInput:
         return self.output
 
     def with_rep_start(self, start: int) -> int:
-        """The input value a continuation leaves in the guest's register (TLFS 3.9)."""
+        """The input value a continuation leaves in the guest's register (TLFS "Hypercall Continuation")."""
         cleared = self.value & ~(REP_MASK << REP_START_SHIFT)
         return cleared | (start & REP_MASK) << REP_START_SHIFT
 
@@ -124,7 +124,7 @@ def input_value(code: int, *, fast: bool = False, rep_count: int = 0, rep_start:
 
 
 def result_value(status: int, reps_completed: int = 0) -> int:
-    """TLFS 3.8: status in 15:0, reps completed in 43:32."""
+    """TLFS "Hypercall Outputs": status in 15:0, reps completed in 43:32."""
     return (status & STATUS_MASK) | (reps_completed & REP_MASK) << REP_COUNT_SHIFT
 
 

@@ -1,7 +1,8 @@
 """The hypercalls vtemu implements: TLFS codes where the TLFS has the call, vtemu's own codes
 (8001h-80FFh, table.py) otherwise. Each validates every argument; see README "pv mode".
 
-TLFS calls (TLFS 7 "Virtual MMU", 3.10 "Long Spin Wait"):
+TLFS calls (TLFS "Virtual MMU" chapter, and HvCallNotifyLongSpinWait with the spinlock
+recommendation of CPUID 40000004h):
 
   0001h HvCallSwitchVirtualAddressSpace   simple, fast or memory: AddressSpace (the new CR3)
   0002h HvCallFlushVirtualAddressSpace    simple, memory: AddressSpace, Flags, ProcessorMask
@@ -19,6 +20,9 @@ vtemu's calls:
                                  tables at once (no hidden fault on the next access)
                                2 flush this vCPU's TLB  (ptr >> 3 and value must be 0)
                                3 load CR3 := value                         (ptr >> 3 must be 0)
+                               4 zero the 4 KiB frame at GPA `value` (Xen's MMUEXT_CLEAR_PAGE)
+                               5 as 1, for a page the guest is about to write: the refilled
+                                 leaf is writable and the walk sets the dirty flag
                              applied in order; the first bad element stops the list and is the
                              status, reps completed counting the ones applied
   8002h VtemuCallConsoleWrite  fast: input = GPA of the bytes, output = length (<= 4096);
@@ -48,6 +52,7 @@ from vtemu.hv.hypercalls.table import SUCCESS, HypercallResult, register
 from vtemu.hv.outcome import HALT
 from vtemu.machine import layout
 from vtemu.machine.addr import PAGE_MASK
+from vtemu.mmu.paging import Access
 
 if TYPE_CHECKING:
     from vtemu.hv.partition import Partition
@@ -63,15 +68,17 @@ VTEMU_CALL_SHUTDOWN = 0x8003
 VTEMU_CALL_PORT_WRITE = 0x8004
 VTEMU_CALL_IDLE = 0x8005
 
-# HV_FLUSH_* flags (TLFS 7.2 "HvCallFlushVirtualAddressSpace").
+# HV_FLUSH_* flags (TLFS "HvCallFlushVirtualAddressSpace").
 HV_FLUSH_ALL_PROCESSORS = 1 << 0
 HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES = 1 << 1
 HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY = 1 << 2
 FLUSH_FLAGS = HV_FLUSH_ALL_PROCESSORS | HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES | HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY
 FLUSH_HEADER_QWORDS = 3
 GVA_RANGE_COUNT_MASK = 0xFFF
+PAGES_PER_FULL_FLUSH = 32
 
-MMU_PT_UPDATE, MMU_INVLPG, MMU_FLUSH_TLB, MMU_LOAD_CR3 = range(4)
+MMU_PT_UPDATE, MMU_INVLPG, MMU_FLUSH_TLB, MMU_LOAD_CR3, MMU_CLEAR_PAGE, MMU_INVLPG_FOR_WRITE = range(6)
+PAGE_SIZE = 4096
 MMU_OP_MASK = 0x7
 MMU_ELEMENT = 16
 PTE_PRESENT = 1
@@ -104,11 +111,21 @@ def flush_address_list(partition: "Partition", cpu: "VmxCpu", call: HypercallInp
     count = call.rep_end - call.rep_start
     ranges = read_qwords(partition, call.input + header + 8 * call.rep_start, count)
     for gva_range in ranges:
-        first = gva_range & PAGE_MASK
-        for page in range((gva_range & GVA_RANGE_COUNT_MASK) + 1):
-            for target in targets:
-                partition.paging.invalidate_page(target, first + page * 4096)  # type: ignore[attr-defined]
+        pages = (gva_range & GVA_RANGE_COUNT_MASK) + 1
+        for target in targets:
+            _invalidate_range(partition, target, gva_range & PAGE_MASK, pages)
     return HypercallResult(HvStatus.SUCCESS, call.rep_end)
+
+
+def _invalidate_range(partition: "Partition", cpu: "VmxCpu", first: int, pages: int) -> None:
+    """Page by page, or past PAGES_PER_FULL_FLUSH the whole TLB: flushing more than asked is
+    always allowed (SDM 4.10.4.1), and a 4096-page range per rep cannot make one call slow."""
+    paging = partition.paging
+    if pages > PAGES_PER_FULL_FLUSH:
+        paging.flush_guest_tlb(cpu)  # type: ignore[attr-defined]
+        return
+    for page in range(pages):
+        paging.invalidate_page(cpu, first + page * 4096)  # type: ignore[attr-defined]
 
 
 def notify_long_spin_wait(partition: "Partition", cpu: "VmxCpu", call: HypercallInput) -> HypercallResult:
@@ -147,10 +164,15 @@ def _mmu_operation(partition: "Partition", cpu: "VmxCpu", ptr: int, value: int) 
         _check_entry(partition, value)
         write_guest(partition, cpu, ptr & ~MMU_OP_MASK, struct.pack("<Q", value))
         return
-    if ptr >> 3 or op > MMU_LOAD_CR3:
+    if ptr >> 3 or op > MMU_INVLPG_FOR_WRITE:
         raise HypercallError(HvStatus.INVALID_PARAMETER, f"bad MMU operation {ptr:#x}")
-    if op == MMU_INVLPG:
-        partition.paging.invalidate_page(cpu, value, refill=True)  # type: ignore[attr-defined]
+    if op in (MMU_INVLPG, MMU_INVLPG_FOR_WRITE):
+        refill = Access(write=op == MMU_INVLPG_FOR_WRITE)
+        partition.paging.invalidate_page(cpu, value, refill=refill)  # type: ignore[attr-defined]
+    elif op == MMU_CLEAR_PAGE:
+        if value % PAGE_SIZE:
+            raise HypercallError(HvStatus.INVALID_ALIGNMENT, f"frame {value:#x} is not page aligned")
+        write_guest(partition, cpu, value, bytes(PAGE_SIZE))
     elif op == MMU_FLUSH_TLB:
         if value:
             raise HypercallError(HvStatus.INVALID_PARAMETER, "a TLB flush takes no value")

@@ -1,15 +1,15 @@
-"""CPUID in pv mode: the vtx leaves plus the Hyper-V TLFS hypercall interface (TLFS 2.4
-"Hypervisor CPUID Leaves").
+"""CPUID in pv mode: the vtx leaves plus the Hyper-V TLFS hypercall interface (TLFS "Hypervisor
+CPUID Leaves").
 
 Only these differ from vtx mode (where 40000001h is all zero, so no guest looks further):
 
   40000001h  EAX "Hv#1": the leaves 40000003h-40000006h follow the TLFS
-  40000003h  EAX/EBX the partition privilege mask (TLFS 2.6): AccessHypercallMsrs and
-             AccessVpIndex for the MSRs of page.py; PostMessages and SignalEvents when
-             those calls (005Ch, 005Dh) are in the partition's table
-  40000004h  EAX recommendations (TLFS 2.4.5): use hypercalls for address-space switches
-             and local and remote TLB flushes; EBX the spinlock retry count: a guest should
-             call HvCallNotifyLongSpinWait after SPINLOCK_RETRIES failed attempts
+  40000003h  EAX/EBX the partition privilege mask (TLFS "Partition Privilege Flags"):
+             AccessHypercallMsrs and AccessVpIndex for the MSRs of page.py; PostMessages
+             and SignalEvents when those calls (005Ch, 005Dh) are in the partition's table
+  40000004h  EAX the recommendations: use hypercalls for address-space switches and local
+             and remote TLB flushes; EBX the spinlock retry count: a guest should call
+             HvCallNotifyLongSpinWait after SPINLOCK_RETRIES failed attempts
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The synthetic MSRs that set up the hypercall interface, and the hypercall page overlay.
 
-TLFS 3.13 "Establishing the Hypercall Interface" and 2.6 "Partition Privilege Flags":
+TLFS "Establishing the Hypercall Interface" and "Partition Privilege Flags":
 
 * HV_X64_MSR_GUEST_OS_ID (40000000h): the guest identifies itself. While it is zero the
   hypercall page cannot be enabled (a write with the enable bit keeps the GPA but reads back
@@ -82,7 +82,7 @@ class HypercallPage:
         elif msr == HV_X64_MSR_HYPERCALL:
             self._write_hypercall_msr(cpu, value)
         else:
-            raise MsrFault(f"HV_X64_MSR_VP_INDEX is read-only")
+            raise MsrFault("HV_X64_MSR_VP_INDEX is read-only")
 
     def _write_hypercall_msr(self, cpu: "VmxCpu", value: int) -> None:
         if value & HYPERCALL_RESERVED:
@@ -112,7 +112,7 @@ class HypercallPage:
         hpa = memory.gpa_to_hpa(gpa, PAGE_SIZE)
         assert hpa is not None
         self._overlay = (gpa, self.partition.host.read(hpa, PAGE_SIZE))  # type: ignore[arg-type]
-        cpu.vcpu.write_host(hpa, HYPERCALL_PAGE_CODE)
+        self._write_page(cpu, hpa, HYPERCALL_PAGE_CODE)
         memory.set_overlay(gpa, True)
 
     def _remove(self, cpu: "VmxCpu") -> None:
@@ -124,4 +124,12 @@ class HypercallPage:
         memory.set_overlay(gpa, False)
         hpa = memory.gpa_to_hpa(gpa, PAGE_SIZE)
         assert hpa is not None
-        cpu.vcpu.write_host(hpa, beneath)
+        self._write_page(cpu, hpa, beneath)
+
+    def _write_page(self, cpu: "VmxCpu", hpa: int, data: bytes) -> None:
+        """Through the writing vCPU (its translated code and the shadow MMU hear of it); the
+        other vCPUs drop their translations, which may hold the page's old code."""
+        cpu.vcpu.write_host(hpa, data)
+        for other in self.partition.vcpus:
+            if other is not cpu:
+                other.vcpu.flush_translations()

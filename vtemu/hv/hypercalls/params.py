@@ -1,6 +1,6 @@
 """Hypercall parameters in guest-physical memory, checked before they are touched.
 
-TLFS 3.7: input and output parameter lists sit at 8-byte-aligned GPAs and must not cross a
+TLFS "Hypercall Inputs": input and output parameter lists sit at 8-byte-aligned GPAs and must not cross a
 page boundary (HV_STATUS_INVALID_ALIGNMENT otherwise). vtemu adds what the TLFS leaves to
 the implementation: a GPA that is not the partition's RAM (ROM, the legacy hole, beyond the
 end of RAM) is HV_STATUS_INVALID_PARAMETER, and an output into a page the guest may not
@@ -31,7 +31,7 @@ def ram_hpa(partition: "Partition", gpa: int, length: int) -> int:
 
 
 def check_parameter_block(gpa: int, length: int) -> None:
-    """TLFS 3.7: 8-byte aligned, inside one page."""
+    """TLFS "Hypercall Inputs": 8-byte aligned, inside one page."""
     if gpa % PARAMETER_ALIGNMENT:
         raise HypercallError(HvStatus.INVALID_ALIGNMENT, f"parameter GPA {gpa:#x} is not 8-byte aligned")
     if (gpa % PAGE_SIZE) + length > PAGE_SIZE:
@@ -61,7 +61,3 @@ def write_guest(partition: "Partition", cpu: "VmxCpu", gpa: int, data: bytes) ->
         raise HypercallError(HvStatus.ACCESS_DENIED, f"GPA {gpa:#x} is not writable by the guest")
     cpu.vcpu.write_host(hpa, data)
 
-
-def write_output(partition: "Partition", cpu: "VmxCpu", gpa: int, data: bytes) -> None:
-    check_parameter_block(gpa, len(data))
-    write_guest(partition, cpu, gpa, data)

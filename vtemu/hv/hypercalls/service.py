@@ -2,18 +2,18 @@
 
 The order of checks, each TLFS-sourced:
 
-1. TLFS 3.2 ("Hypercall Restrictions"): a hypercall from real mode, virtual-8086 mode or
-   CPL > 0 is #UD; so is one before the hypercall page is enabled (3.13), as on a processor
-   where VMCALL means nothing.
-2. The input value (3.7): an unknown call code is HV_STATUS_INVALID_HYPERCALL_CODE; reserved
-   bits set, a fast bit the call does not take, a variable header it does not take, a rep
-   count on a simple call or none (or a start index at or past it) on a rep call are
-   HV_STATUS_INVALID_HYPERCALL_INPUT; input or output GPAs of a memory call that are not
-   8-byte aligned are HV_STATUS_INVALID_ALIGNMENT.
+1. TLFS "Hypercall Restrictions": a hypercall from real mode, virtual-8086 mode or CPL > 0
+   is #UD; so is one before the hypercall page is enabled ("Establishing the Hypercall
+   Interface"), as on a processor where VMCALL means nothing.
+2. The input value ("Hypercall Inputs"): an unknown call code is
+   HV_STATUS_INVALID_HYPERCALL_CODE; reserved bits set, a fast bit the call does not take, a
+   variable header it does not take, a rep count on a simple call or none (or a start index
+   at or past it) on a rep call are HV_STATUS_INVALID_HYPERCALL_INPUT; input or output GPAs
+   of a memory call that are not 8-byte aligned are HV_STATUS_INVALID_ALIGNMENT.
 3. The call runs; its status and, for a rep call, the reps completed go to RAX (or EDX:EAX)
-   in the result value layout (3.8), and RIP moves past the VMCALL.
+   in the result value layout ("Hypercall Outputs"), and RIP moves past the VMCALL.
 
-Rep calls (3.9 "Hypercall Continuation"): one pass performs at most REPS_PER_PASS elements.
+Rep calls ("Hypercall Continuation"): one pass performs at most REPS_PER_PASS elements.
 If more remain, the hypervisor writes the advanced rep start index back into the input value
 register and leaves RIP at the VMCALL: the guest re-executes it (taking any interrupt that
 became pending first) and the next pass goes on from there. The guest sees one call.
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 EPT_WRITE = 1 << 1                    # EPT-violation qualification: a data write (SDM Table 28-7)
 PAGE_FAULT, PF_WRITE, PF_USER = 14, 1 << 1, 1 << 2
-REPS_PER_PASS = 256        # elements per VM exit before a rep call continues (TLFS 3.9)
+REPS_PER_PASS = 256        # elements per exit before a rep call continues ("Hypercall Continuation")
 CR0_PE = 1
 RFLAGS_VM = 1 << 17
 _HALF = 0xFFFFFFFF
@@ -210,7 +210,3 @@ def _write(cpu: "VmxCpu", registers: tuple[int, ...], value: int) -> None:
     cpu.vcpu.write(high, value >> 32 & _HALF)
     cpu.vcpu.write(low, value & _HALF)
 
-
-def service_of(partition: "Partition") -> HypercallService | None:
-    """The partition's hypercall interface, None outside pv mode."""
-    return getattr(partition, "hypercalls", None)

@@ -5,7 +5,7 @@ HypercallInput. It validates every argument and raises HypercallError(status) (o
 a result with that status) for anything unusable; the dispatcher (service.py) has already
 checked what the table entry declares: the call code exists, reserved bits are zero, the fast
 bit and rep count fit the call, the variable header size is allowed, and memory parameter
-GPAs are 8-byte aligned (TLFS 3.7).
+GPAs are 8-byte aligned (TLFS "Hypercall Inputs").
 
 Registering a call (the VMBus channel does this for 005Ch/005Dh):
 
@@ -35,7 +35,7 @@ VTEMU_LAST_CODE = 0x80FF
 @dataclass(frozen=True)
 class HypercallResult:
     """What a hypercall did: its status, for a rep call how many reps are done (the absolute
-    index reached, TLFS 3.8), and optionally what the vCPU does next (Shutdown, Halt)."""
+    index reached, TLFS "Hypercall Outputs"), and optionally what the vCPU does next (Shutdown, Halt)."""
 
     status: HvStatus = HvStatus.SUCCESS
     reps_completed: int = 0
@@ -49,7 +49,8 @@ HypercallHandler = Callable[["Partition", "VmxCpu", HypercallInput], HypercallRe
 
 @dataclass(frozen=True)
 class Hypercall:
-    """One call code: its handler and the shape of input it accepts (TLFS 3.4 call classes)."""
+    """One call code: its handler and the shapes of input it accepts (TLFS "Hypercall
+    Classes": simple or rep; fast or memory)."""
 
     code: int
     name: str

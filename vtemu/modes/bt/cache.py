@@ -28,7 +28,8 @@ def dispatch_source(mode: CodeMode) -> str:
     window = region.window(mode)
     d = {name: f"{(window + offset) & 0xFFFF_FFFF_FFFF_FFFF:#x}" for name, offset in (
         ("target", region.TARGET), ("saved", region.SAVED_RSP), ("jump", region.JUMP),
-        ("top", region.STACK_TOP), ("table", region.TABLE), ("table8", region.TABLE + 8))}
+        ("top", region.STACK_TOP), ("table", region.TABLE), ("table8", region.TABLE + 8),
+        ("hits", region.LOOKUP_HITS))}
     if mode is CodeMode.BITS64:
         a, c, sp, w, pushf, popf = "rax", "rcx", "rsp", "qword", "pushfq", "popfq"
     else:
@@ -37,6 +38,7 @@ def dispatch_source(mode: CodeMode) -> str:
             f"mov {a}, {w} ptr [{d['target']}]; mov ecx, eax; and ecx, {region.TABLE_ENTRIES - 1}; "
             f"shl ecx, 4; cmp {a}, {w} ptr [{c} + {d['table']}]; jne bt_miss; "
             f"mov {a}, {w} ptr [{c} + {d['table8']}]; mov {w} ptr [{d['jump']}], {a}; "
+            f"inc dword ptr [{d['hits']}]; "
             f"pop {c}; pop {a}; {popf}; mov {sp}, {w} ptr [{d['saved']}]; jmp {w} ptr [{d['jump']}]; "
             f"bt_miss: pop {c}; pop {a}; {popf}; mov {sp}, {w} ptr [{d['saved']}]; syscall")
 

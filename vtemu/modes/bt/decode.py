@@ -112,19 +112,32 @@ def shape_of(insn: Instruction) -> tuple[Shape, SiteKind | None]:
         return Shape.JCC, None
     if i in _LOOPS:
         return Shape.LOOP, None
-    if i == C.X86_INS_JMP:
+    far = _far_indirect(insn)
+    if i == C.X86_INS_JMP and not far:
         return (Shape.JMP if insn.immediates else Shape.JMP_INDIRECT), None
-    if i == C.X86_INS_CALL:
+    if i == C.X86_INS_CALL and not far:
         return (Shape.CALL if insn.immediates else Shape.CALL_INDIRECT), None
-    if i == C.X86_INS_LCALL:
+    if i == C.X86_INS_LCALL or (far and i == C.X86_INS_CALL):
         return Shape.INTERPRET, None
     if i == C.X86_INS_RET:
         return Shape.RET, None
-    if i in _LEAVES or kind in (SiteKind.SYSCALL, SiteKind.SYSENTER):
+    if i in _LEAVES or far or kind in (SiteKind.SYSCALL, SiteKind.SYSENTER):
         return Shape.LEAVES, None
     if i in _TRAPS:
         return Shape.TRAP, None
     return Shape.IDENT, None
+
+
+def _far_indirect(insn: Instruction) -> bool:
+    """FF /3 (CALL m16:xx) and FF /5 (JMP m16:xx): far, whatever name Capstone gives them."""
+    raw = insn.raw
+    index = 0
+    while index < len(raw) - 1 and (raw[index] in _PREFIXES or 0x40 <= raw[index] <= 0x4F):
+        index += 1
+    return raw[index] == 0xFF and index + 1 < len(raw) and (raw[index + 1] >> 3) & 7 in (3, 5)
+
+
+_PREFIXES = {0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
 
 
 class BlockReader:

@@ -162,8 +162,8 @@ class Emitter:
         raw = bytearray(gi.insn.raw)
         if gi.disp_offset >= 0:
             old = struct.unpack_from("<i", raw, gi.disp_offset)[0]
-            target = gi.next_address + old
-            new = target - (self.here + len(raw))
+            target = (gi.next_address + old) & _ADDRESS[CodeMode.BITS64]
+            new = _signed64((target - (self.here + len(raw))) & _ADDRESS[CodeMode.BITS64])
             if not -2**31 <= new < 2**31:
                 raise Untranslatable(f"RIP-relative operand out of the TC's reach at {gi.address:#x}")
             struct.pack_into("<i", raw, gi.disp_offset, new)
@@ -280,7 +280,25 @@ class Emitter:
         self._exit_stub(gi.next_address, branch_field=None)
 
     def _interpret(self, gi: GuestInstruction) -> None:
-        raise Untranslatable(f"far call at {gi.address:#x}")
+        """Far CALL in 32-bit code, as PUSH CS, PUSH of the guest's return address, and the
+        far JMP of the same pointer (SDM Vol. 2 CALL: the same pushes, then the same segment
+        load), so the stack holds the guest's CS:EIP, never a TC address. The JMP leaves the
+        TC like any far transfer. A fault in the far JMP itself (a bad selector) would be
+        reported after the pushes: such a call is refused by the translator instead when
+        its operand depends on ESP."""
+        raw = bytearray(gi.insn.raw)
+        opcode = _opcode_index(raw, self.mode)
+        if self.mode is not CodeMode.BITS32 or 0x66 in gi.insn.prefixes:
+            raise Untranslatable(f"far call at {gi.address:#x}: only 32-bit far calls are translated")
+        if raw[opcode] == 0x9A:                          # CALL ptr16:32 -> JMP ptr16:32
+            raw[opcode] = 0xEA
+        elif raw[opcode] == 0xFF and (raw[opcode + 1] >> 3) & 7 == 3 and not _uses_stack_pointer(gi):
+            raw[opcode + 1] = (raw[opcode + 1] & 0xC7) | (5 << 3)   # FF /3 -> FF /5
+        else:
+            raise Untranslatable(f"far call form at {gi.address:#x}")
+        self._put(b"\x0e", gi.address)                            # PUSH CS
+        self._put(b"\x68" + struct.pack("<I", gi.next_address & 0xFFFF_FFFF), None)
+        self._put(bytes(raw), None)
 
     def fall_through(self, guest: int, source: int) -> None:
         """A block that ends without a control transfer continues at `guest`."""
@@ -323,6 +341,11 @@ def _opcode_index(raw: bytes, mode: CodeMode) -> int:
     if mode is CodeMode.BITS64 and 0x40 <= raw[index] <= 0x4F:
         index += 1
     return index
+
+
+def _uses_stack_pointer(gi: GuestInstruction) -> bool:
+    memory = gi.insn.memory
+    return memory is not None and U.UC_X86_REG_ESP in (memory.base, memory.index)
 
 
 def _jcc_rel32(raw: bytes) -> bytes:

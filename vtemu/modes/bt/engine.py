@@ -84,9 +84,8 @@ class BtCounters:
     superblock_instructions: int = 0
     tc_bytes: int = 0
     chained: int = 0
-    lookup_hits: int = 0            # indirect branches the inline table resolved is not seen by
-    lookup_misses: int = 0          # the engine; misses are
-    exit_stubs: int = 0
+    lookup_hits: int = 0            # indirect branches the inline table resolved (read from
+    lookup_misses: int = 0          # the data page, where the lookup stub counts them)
     callouts: Counter = field(default_factory=Counter)
     invalidations: int = 0
     flushes: int = 0
@@ -118,6 +117,7 @@ class BtEngine:
         self.mode: CodeMode | None = None
         self._flush_pending = False
         self._recheck = False
+        self._unlinked: list = []          # retired fragments whose Unicorn blocks must go
         self._last_cpl = 0
         self.vcpu.overlay = self
         self.vcpu.callout = self._on_callout
@@ -143,6 +143,7 @@ class BtEngine:
         return self.armed and self.vcpu.state().cpl == 0
 
     def before_run(self) -> bool:
+        self._drop_stale_blocks()
         if self._flush_pending:
             self._flush()
         mode = self._kernel_mode()
@@ -240,8 +241,13 @@ class BtEngine:
         write takes effect for the guest's code at the next branch into it."""
         self.counters.invalidations += 1
         for cache in self._caches.values():
-            for fragment in cache.poison(hpa_page):
-                self.vcpu.engine.uc.ctl_remove_cache(fragment.tc_entry, fragment.tc_end)
+            self._unlinked.extend(cache.poison(hpa_page))
+
+    def _drop_stale_blocks(self) -> None:
+        """Unicorn's translations of retired fragments go (never from inside a TLB fill)."""
+        for fragment in self._unlinked:
+            self.vcpu.engine.uc.ctl_remove_cache(fragment.tc_entry, fragment.tc_end)
+        self._unlinked.clear()
 
     def _vmm_wrote(self, hpa: int, length: int) -> None:
         for page in range(hpa & ~0xFFF, hpa + length, 0x1000):
@@ -381,6 +387,7 @@ class BtEngine:
         """SYSCALL in the TC. Whatever happens, RIP must end 2 bytes before where execution
         goes on (Unicorn adds the SYSCALL's length after the hook)."""
         assert self.mode is not None
+        self._drop_stale_blocks()
         cache = self.cache(self.mode)
         tc = self.vcpu.rip
         callout = cache.callouts.get(tc)
@@ -486,6 +493,8 @@ class BtEngine:
                 self.vcpu.read_msr(0xC0000080), self.vcpu.state().cs_base)
 
     def counter_values(self) -> dict[str, object]:
+        self.counters.lookup_hits = sum(cache.read_data(region.LOOKUP_HITS) & 0xFFFF_FFFF
+                                        for cache in self._caches.values())
         return self.counters.as_dict()
 
 

@@ -38,6 +38,7 @@ JUMP = 0x10            # TC address the lookup found
 VTPR = 0x18            # the guest's CR8 (virtual TPR)
 GUEST_CR0 = 0x20       # CR0 and CR4 as the guest reads them (host-owned bits from shadows)
 GUEST_CR4 = 0x28
+LOOKUP_HITS = 0x30     # indirect branches the inline table resolved (the stub counts them)
 
 
 def window(mode: CodeMode) -> int:
