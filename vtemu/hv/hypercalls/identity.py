@@ -32,9 +32,13 @@ HV_CALL_POST_MESSAGE, HV_CALL_SIGNAL_EVENT = 0x005C, 0x005D
 USE_HYPERCALL_FOR_ADDRESS_SPACE_SWITCH = 1 << 0
 USE_HYPERCALL_FOR_LOCAL_FLUSH = 1 << 1
 USE_HYPERCALL_FOR_REMOTE_FLUSH = 1 << 2
-# 0xFFF (4095) attempts: a few microseconds of spinning on a real CPU, in the range Hyper-V
-# itself recommends; 0xFFFFFFFF would mean "never notify" (what vtx mode reports).
-SPINLOCK_RETRIES = 0xFFF
+# Hyper-V recommends 0xFFF attempts: microseconds of spinning against scheduler quanta of
+# milliseconds. vtemu's quanta are --slice guest instructions (20000 by default) and one
+# attempt of a PAUSE loop is about 6 instructions, so 0xFFF attempts would outlast a whole
+# turn and the notification would come too late to matter; 0x100 attempts (~1500
+# instructions) keeps spinning a small fraction of a turn, as on the real system.
+# 0xFFFFFFFF would mean "never notify" (what vtx mode reports).
+SPINLOCK_RETRIES = 0x100
 
 
 class PvCpuidPolicy(CpuidPolicy):
