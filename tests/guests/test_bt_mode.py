@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.guests.harness import GUEST_DISK_SECTORS, all_guests, make_disk_image, run_guest
+from vtemu.modes.bt import engine as bt_engine
 
 
 def _run(name: str, mode: str, paging: str, tmp_path: Path):
@@ -44,13 +45,16 @@ def test_kernel_io_runs_as_callouts_not_vm_exits(boot) -> None:
     assert counters.superblocks > 0 and counters.chained > 0
 
 
-def test_code_on_a_written_page_is_retranslated_not_stale(boot) -> None:
-    """tick's interrupt handler increments a counter on the page that holds its own code:
-    every write retires the translations from that page, and the next entry translates anew."""
+def test_a_page_of_code_and_data_switches_to_self_checking_translations(boot) -> None:
+    """tick's interrupt handler increments a counter on the page that holds its own code. The
+    first writes retire the translations from that page (stale callouts); after a few, the
+    page's code is translated with self-checks instead of being write-protected, so the
+    counter's 50 updates cost no retranslation at all."""
     bt = run_guest("tick", mode="bt")
     assert bt.serial == boot("tick").serial
     counters = _translator(bt).counters
-    assert counters.invalidations >= 50 and counters.callouts["stale"] > 0
+    assert counters.invalidations == bt_engine.SELF_CHECK_AFTER
+    assert counters.self_checked_pages == 1 and counters.self_check_failures == 0
 
 
 def test_translation_guest_exercises_lookup_chaining_and_invalidation(boot) -> None:
@@ -61,7 +65,10 @@ def test_translation_guest_exercises_lookup_chaining_and_invalidation(boot) -> N
     assert bt.serial == boot("translation").serial and bt.exit_code == 0
     counters = _translator(bt).counter_values()
     assert counters["lookup_hits"] > 200            # 200 rounds of CALL [mem], JMP reg, RET
-    assert counters["invalidations"] >= 16          # one per rewrite of `patched`, at least
+    # The first rewrites of `patched` retire translations; then its page is self-checked and
+    # every later rewrite is caught by a failing check.
+    assert counters["invalidations"] + counters["self_check_failures"] >= 16
+    assert counters["self_check_failures"] > 0
     assert counters["chained"] > 0 and counters["superblocks"] > 0
     interrupts = bt.partition.callout_stats.merged()
     assert any(reason.name == "EXTERNAL_INTERRUPT" for reason in interrupts)

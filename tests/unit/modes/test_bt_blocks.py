@@ -91,3 +91,17 @@ def test_checked_assembler_repairs_keystones_rip_relative_loads() -> None:
     insn = next(_CS[CodeMode.BITS64].disasm(code, TC))
     displacement = int(insn.op_str.split("rip ")[1].split("]")[0].replace(" ", ""), 16)
     assert (insn.address + insn.size + displacement) & (2**64 - 1) == data
+
+
+def test_a_self_check_compares_every_byte_of_the_block_and_calls_out_on_a_mismatch() -> None:
+    code = bytes(range(1, 11))                           # 10 bytes: two dwords and two bytes
+    emitter = Emitter(CodeMode.BITS64, TC, GUEST, TC)
+    emitter.self_check(GUEST, code)
+    fragment = emitter.finish()
+    emitted = list(_CS[CodeMode.BITS64].disasm(bytes(fragment.code), TC))
+    compares = [insn for insn in emitted if insn.mnemonic == "cmp"]
+    assert [insn.op_str.split(",")[1].strip() for insn in compares] == [
+        "0x4030201", "0x8070605", "9", "0xa"]
+    (at, callout), = fragment.callouts.items()
+    assert callout.kind == "check" and callout.target == GUEST
+    assert fragment.checked == code and fragment.body == emitted[-1].address + 1

@@ -125,18 +125,33 @@ class TranslationCache:
         where they are: code executing in it may finish its current block."""
         retired = [f for f in self.fragments if not f.stale and hpa_page in f.guest_pages]
         for fragment in retired:
-            fragment.stale = True
-            for guest, tc in fragment.labels.items():
-                self._write(tc, SYSCALL)
-                self.callouts[tc] = Callout("stale", target=guest, resume=tc)
-            if self.entries.get(fragment.guest_entry) == fragment.tc_entry:
-                del self.entries[fragment.guest_entry]
-            self.superblock_heads.discard(fragment.guest_entry)
-            self._forget_lookups(fragment)
+            self._retire(fragment)
         self.guest_pages = set().union(*(f.guest_pages for f in self.fragments if not f.stale))
         self.linear_pages = {linear: hpa for linear, hpa in self.linear_pages.items()
                              if hpa in self.guest_pages}
         return retired
+
+    def retire_at(self, tc: int) -> Fragment:
+        """Retire the fragment holding TC address `tc` (its self-check failed)."""
+        fragment = self.fragment_at(tc)
+        self._retire(fragment)
+        return fragment
+
+    def fragment_at(self, tc: int) -> Fragment:
+        index = bisect.bisect_right([f.tc_entry for f in self.fragments], tc) - 1
+        fragment = self.fragments[index]
+        assert fragment.tc_entry <= tc < fragment.tc_end
+        return fragment
+
+    def _retire(self, fragment: Fragment) -> None:
+        fragment.stale = True
+        for guest, tc in fragment.labels.items():
+            self._write(tc, SYSCALL)
+            self.callouts[tc] = Callout("stale", target=guest, resume=tc)
+        if self.entries.get(fragment.guest_entry) == fragment.tc_entry:
+            del self.entries[fragment.guest_entry]
+        self.superblock_heads.discard(fragment.guest_entry)
+        self._forget_lookups(fragment)
 
     def _forget_lookups(self, fragment: Fragment) -> None:
         table = self.hpa(self.base + region.TABLE)

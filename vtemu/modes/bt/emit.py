@@ -69,6 +69,8 @@ class Fragment:
     blocks: int = 0
     labels: dict[int, int] = field(default_factory=dict)   # guest block start -> TC address
     stale: bool = False
+    checked: bytes | None = None    # a self-checking fragment: the guest bytes it checks
+    body: int = 0                   # and where its translated code starts, past the check
 
     @property
     def tc_end(self) -> int:
@@ -122,6 +124,36 @@ class Emitter:
         `source` is the guest branch instruction (for the profile)."""
         self._put(opcode + b"\0\0\0\0", guest)
         self._pending.append((self.here - 4, guest_target, source))
+
+    def self_check(self, guest: int, code: bytes) -> None:
+        """A prologue comparing the guest's bytes at `guest` with `code`, the bytes this
+        translation was made from (VMware's self-checking translations, for code on pages the
+        guest keeps writing): on a mismatch a "check" callout retranslates. Flags and RSP are
+        the translator's only between the first and the last instruction of the sequence."""
+        stack = "rsp" if self.mode is CodeMode.BITS64 else "esp"
+        word = "qword" if self.mode is CodeMode.BITS64 else "dword"
+        flags = ("pushfq", "popfq") if self.mode is CodeMode.BITS64 else ("pushfd", "popfd")
+        saved, top = self._data(region.SAVED_RSP), f"{(self.window + region.STACK_TOP) & _ADDRESS[self.mode]:#x}"
+        compares = []
+        for offset in range(0, len(code), 4):
+            chunk = code[offset:offset + 4]
+            address = f"{(guest + offset) & _ADDRESS[self.mode]:#x}"
+            if len(chunk) == 4:
+                compares.append(f"cmp dword ptr [{address}], {struct.unpack('<I', chunk)[0]:#x}; jne bt_check_failed")
+            else:
+                compares += [f"cmp byte ptr [{(guest + offset + i) & _ADDRESS[self.mode]:#x}], {byte:#x}; "
+                             f"jne bt_check_failed" for i, byte in enumerate(chunk)]
+        restore = f"{flags[1]}; mov {stack}, {word} ptr [{saved}]"
+        self.label(guest)
+        addresses = self._asm(
+            f"mov {word} ptr [{saved}], {stack}; mov {stack}, {top}; {flags[0]}; " + "; ".join(compares)
+            + f"; {restore}; jmp bt_check_passed; bt_check_failed: {restore}; syscall; bt_check_passed: nop",
+            guest)
+        failed, passed = addresses[-2], addresses[-1]
+        self._mark(failed, guest)
+        self._mark(passed, guest)
+        self.fragment.callouts[failed] = Callout("check", target=guest, resume=failed)
+        self.fragment.checked, self.fragment.body = code, passed + 1      # after the NOP
 
     def label(self, guest: int) -> None:
         self._labels.setdefault(guest, self.here)

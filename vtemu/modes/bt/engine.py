@@ -59,6 +59,7 @@ HOT = 4                  # exit-stub executions before a target gets a superbloc
 MAX_BLOCKS = 16
 MAX_INSTRUCTIONS = 256
 ROLL_FORWARD_LIMIT = 64
+SELF_CHECK_AFTER = 4     # invalidations of a page before its code is translated self-checking
 CR0_PE, CR0_TS = 1, 1 << 3
 HF_VM = 1 << 17       # QEMU hflags: virtual-8086 mode
 GP = 13
@@ -88,6 +89,8 @@ class BtCounters:
     lookup_misses: int = 0          # the data page, where the lookup stub counts them)
     callouts: Counter = field(default_factory=Counter)
     invalidations: int = 0
+    self_checked_pages: int = 0     # pages whose translations check their code bytes instead
+    self_check_failures: int = 0    # of being write-protected (and how often a check failed)
     flushes: int = 0
     tc_misses: int = 0
     roll_forwards: int = 0
@@ -118,6 +121,8 @@ class BtEngine:
         self._flush_pending = False
         self._recheck = False
         self._unlinked: list = []          # retired fragments whose Unicorn blocks must go
+        self._page_writes: Counter[int] = Counter()
+        self._self_checked: set[int] = set()   # host pages translated with self-checks
         self._last_cpl = 0
         self.vcpu.overlay = self
         self.vcpu.callout = self._on_callout
@@ -157,7 +162,7 @@ class BtEngine:
         if region.in_window(rip, mode):
             return True
         try:
-            tc = self.lookup(rip)
+            tc = self._resume_point(self.cache(mode), rip)
         except GuestPageFault as fault:
             self.cpu.raise_exception(PF, fault.error_code, cr2=fault.linear, rip=rip)
             return False
@@ -186,6 +191,21 @@ class BtEngine:
             self._recheck = False
             self._check_address_space(cache)
         return stop
+
+    def _resume_point(self, cache: TranslationCache, rip: int) -> int:
+        """Where translated code resumes after a stop at guest `rip`. A self-checking
+        fragment is entered past its check, which is done here instead: a stop between its
+        check and its first instruction maps back to `rip`, and redoing the check on every
+        resume would never get further than that (one-instruction steps, for one)."""
+        tc = self.lookup(rip)
+        fragment = cache.fragment_at(tc)
+        if fragment.checked is None:
+            return tc
+        if self.vcpu.read_linear(rip, len(fragment.checked)) == fragment.checked:
+            return fragment.body
+        self.counters.self_check_failures += 1
+        self._unlinked.append(cache.retire_at(tc))
+        return self._resume_point(cache, rip)
 
     def _precise(self, cache: TranslationCache, stop: Stop) -> int:
         """The guest RIP of the TC address the vCPU stopped at, rolling forward out of a
@@ -240,6 +260,10 @@ class BtEngine:
         vCPU -- a stop requested inside the write's TLB fill would re-execute the write. The
         write takes effect for the guest's code at the next branch into it."""
         self.counters.invalidations += 1
+        self._page_writes[hpa_page] += 1
+        if self._page_writes[hpa_page] >= SELF_CHECK_AFTER and hpa_page not in self._self_checked:
+            self._self_checked.add(hpa_page)          # data shares the page with code
+            self.counters.self_checked_pages = len(self._self_checked)
         for cache in self._caches.values():
             self._unlinked.extend(cache.poison(hpa_page))
 
@@ -292,10 +316,14 @@ class BtEngine:
             self.vcpu.request_stop()
         emitter = Emitter(self.mode, cache.next_free, path[0], cache.dispatch)
         blocks = self._path_blocks(path) if superblock else [self.reader.block(path[0], self.mode)]
+        checked = not superblock and self._checks_itself(blocks[0])
+        if checked:
+            emitter.self_check(path[0], b"".join(gi.insn.raw for gi in blocks[0] if gi is not None))
         for index, block in enumerate(blocks):
             self._emit_block(emitter, block, blocks[index + 1][0] if index + 1 < len(blocks) else None)
         fragment = emitter.finish()
-        self._note_pages(fragment, blocks, cache)
+        if not checked:
+            self._note_pages(fragment, blocks, cache)
         cache.install(fragment)
         self.counters.instructions_translated += fragment.instructions
         self.counters.tc_bytes = cache.code_bytes
@@ -306,6 +334,25 @@ class BtEngine:
         else:
             self.counters.blocks += 1
         return fragment.tc_entry
+
+    def _checks_itself(self, block: list) -> bool:
+        """Whether the block lies on a page the guest keeps writing (and its bytes are all
+        addressable by a sign-extended disp32): then its translation checks its bytes."""
+        if not self._self_checked or block[0] is None or any(gi is None for gi in block):
+            return False
+        start, end = block[0].address, block[-1].next_address
+        if self.mode is CodeMode.BITS64 and not (end < 2**31 or start >= 2**64 - 2**31):
+            return False
+        return bool(self._pages_of(start, end) & self._self_checked)
+
+    def _pages_of(self, start: int, end: int) -> set[int]:
+        pages = set()
+        for linear in {start & ~0xFFF, (end - 1) & ~0xFFF}:
+            try:
+                pages.add(self.vcpu.translate(linear, MemoryAccess.FETCH) & ~0xFFF)
+            except TranslationFault:
+                pass
+        return pages
 
     def _emit_block(self, emitter: Emitter, block: list, following) -> None:
         """One basic block; `following` is the next block of the superblock, laid out next."""
@@ -359,10 +406,13 @@ class BtEngine:
             if last is None or instructions >= MAX_INSTRUCTIONS:
                 break
             successor = self._hot_successor(last)
-            if successor is None or successor in path:
+            if successor is None or successor in path or self._on_self_checked_page(successor):
                 break
             path.append(successor)
         return path
+
+    def _on_self_checked_page(self, guest: int) -> bool:
+        return bool(self._self_checked) and bool(self._pages_of(guest, guest + 1) & self._self_checked)
 
     def _hot_successor(self, last) -> int | None:
         if last.shape in (Shape.JMP, Shape.CALL):
@@ -394,6 +444,9 @@ class BtEngine:
         if callout is None:
             raise RuntimeError(f"SYSCALL at {tc:#x} is no callout of the TC")
         self.counters.callouts[callout.kind] += 1
+        if callout.kind == "check":                  # the guest changed the block's bytes
+            self.counters.self_check_failures += 1
+            self._unlinked.append(cache.retire_at(tc))
         if callout.kind in _BRANCHES:
             self._branch_callout(cache, tc, callout)
         elif callout.kind == "gp":
@@ -430,7 +483,9 @@ class BtEngine:
         if self._stub_runs[tc] < HOT or callout.branch_field is None:
             return self.lookup(target)
         destination = cache.entries.get(target)
-        if destination is None or target not in cache.superblock_heads:
+        if self._on_self_checked_page(target):
+            destination = self.lookup(target)    # one self-checking block, chained as it is
+        elif destination is None or target not in cache.superblock_heads:
             destination = self._translate(self._superblock_path(target), cache, superblock=True)
         cache.patch_rel32(callout.branch_field, destination)
         self.vcpu.engine.uc.ctl_remove_cache(callout.branch_field, callout.branch_field + 4)
@@ -519,7 +574,7 @@ _ENDS_WITH_TRANSFER = {Shape.JMP, Shape.LOOP, Shape.CALL, Shape.RET, Shape.JMP_I
 # Callouts after which translations must be checked against the guest's page tables even
 # when no register changed (INVLPG; MOV to CR3 with the same value flushes the TLB too).
 _FLUSHES_TLB = {SiteKind.INVLPG, SiteKind.MOV_CR}
-_BRANCHES = {"exit", "dispatch", "stale"}
+_BRANCHES = {"exit", "dispatch", "stale", "check"}
 _EMULATED_WHEN_NATIVE = {SiteKind.MOV_CR, SiteKind.CLTS, SiteKind.LMSW, SiteKind.INVLPG}
 
 
