@@ -135,3 +135,13 @@ def test_far_call_pushes_guest_cs_eip_and_an_untranslatable_form_ends_the_run_cl
     bt = run_guest("farcall", image=image, mode="bt")
     assert bt.text == vtx.text
     assert bt.exit_code == RunEnd.INTERNAL_ERROR and "far call form" in bt.reason
+
+
+def test_a_full_translation_cache_is_flushed_and_the_guest_never_notices(boot, monkeypatch) -> None:
+    """With room for only a dozen fragments the cache fills again and again: each time it is
+    flushed at the next stop (Unicorn's blocks of it dropped too) and translation starts over."""
+    from vtemu.modes.bt.cache import TranslationCache
+    monkeypatch.setattr(TranslationCache, "has_room", lambda self, size: len(self.fragments) < 12)
+    bt = run_guest("translation", mode="bt")
+    assert bt.serial == boot("translation").serial and bt.exit_code == 0
+    assert _translator(bt).counters.flushes > 3
