@@ -61,7 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="with --stats: JSON instead of a table")
     run.add_argument("--csv", type=Path, metavar="FILE",
                      help="with --stats: write the statistics as CSV to FILE instead of the table")
+    run.add_argument("--gdb", metavar="HOST:PORT",
+                     help="wait for gdb (target remote) on HOST:PORT; HOST defaults to 127.0.0.1")
     run.set_defaults(command=_run)
+    debug = commands.add_parser("debug", help="the VM-exit debugger (si, se, b, be, bm, rs, ...)",
+                                description="Boot a guest under the interactive VM-exit debugger; "
+                                            "`help` at its prompt lists the commands.")
+    _add_boot_options(debug)
+    debug.add_argument("-x", dest="script", type=Path, metavar="FILE",
+                       help="read the commands from FILE (batch: output on stdout), then quit")
+    debug.set_defaults(command=_debug)
     trace = commands.add_parser("trace", help="boot a guest like run, and write a trace of its VM exits",
                                 description="Boot like `vtemu run` and write one record per VM exit. "
                                 "Trailing NAME=VALUE words filter by payload: port=0x3f8, "
@@ -175,23 +184,10 @@ def _boot(args: argparse.Namespace,
           instrument: Callable[[list[Partition]], None] | None = None) -> tuple[list[Partition], float]:
     """Build the partitions `args` describe, let `instrument` attach diagnostics, run them."""
     from vtemu.hv.boot import build_partitions
-    from vtemu.hv.partition import PartitionSpec
     from vtemu.hv.runloop import RunLimits, Runner
-    from vtemu.images import firmware_image, kernel_image
+    from vtemu.images import firmware_image
 
-    ram = args.memory * MiB
-    if not layout.MIN_RAM_SIZE <= ram <= layout.MAX_RAM_SIZE:
-        raise BadInput(f"--memory must be between {layout.MIN_RAM_SIZE // MiB} and "
-                       f"{layout.MAX_RAM_SIZE // MiB} MiB")
-    if args.cpus > MAX_CPUS:
-        raise BadInput(f"--cpus must be at most {MAX_CPUS}")
-    smp = {"vcpus": args.cpus, "ple": args.ple}
-    if args.slice is not None:
-        smp["slice_instructions"] = args.slice
-    specs = [PartitionSpec(name=path.stem, kernel=kernel_image(path, _mode_defines(args)),
-                           cmdline=args.cmdline, ram_size=ram, mode=args.mode, paging=args.paging,
-                           **smp)  # type: ignore[arg-type]
-             for path in args.images]
+    specs = _partition_specs(args)
     firmware = firmware_image(args.firmware)
     consoles = _Consoles(prefix=len(specs) > 1)
     with _host_input(args) as host_input:
@@ -205,6 +201,26 @@ def _boot(args: argparse.Namespace,
         runner.run()
     consoles.flush()
     return partitions, runner.wall_s
+
+
+def _partition_specs(args: argparse.Namespace) -> list:
+    """One PartitionSpec per image, with the machine options (`run`, `trace`, `debug`)."""
+    from vtemu.hv.partition import PartitionSpec
+    from vtemu.images import kernel_image
+
+    ram = args.memory * MiB
+    if not layout.MIN_RAM_SIZE <= ram <= layout.MAX_RAM_SIZE:
+        raise BadInput(f"--memory must be between {layout.MIN_RAM_SIZE // MiB} and "
+                       f"{layout.MAX_RAM_SIZE // MiB} MiB")
+    if args.cpus > MAX_CPUS:
+        raise BadInput(f"--cpus must be at most {MAX_CPUS}")
+    smp = {"vcpus": args.cpus, "ple": args.ple}
+    if args.slice is not None:
+        smp["slice_instructions"] = args.slice
+    return [PartitionSpec(name=path.stem, kernel=kernel_image(path, _mode_defines(args)),
+                          cmdline=args.cmdline, ram_size=ram, mode=args.mode, paging=args.paging,
+                          **smp)  # type: ignore[arg-type]
+            for path in args.images]
 
 
 class _HostInput:
@@ -254,7 +270,44 @@ def _host_input(args: argparse.Namespace) -> Iterator[_HostInput]:
             record.close()
 
 
+def _debug_session(args: argparse.Namespace, console: Callable[[bytes], None]):  # noqa: ANN202
+    """A debugger Session for `debug` and `run --gdb`: one guest, rebuilt for reverse steps."""
+    from vtemu.debug.debugger import build_for
+    from vtemu.debug.stepping import Session
+    from vtemu.images import firmware_image
+    if len(args.images) != 1:
+        raise BadInput("the debugger takes one image")
+    unsupported = [name for name in ("serial_in", "replay", "record", "disk", "max_instructions", "timeout")
+                   if getattr(args, name, None) is not None]
+    if unsupported:
+        option = "--" + unsupported[0].replace("_", "-")
+        raise BadInput(f"{option} is not available under the debugger (runs must re-execute exactly)")
+    return Session(build_for(_partition_specs(args), firmware_image(args.firmware)), console)
+
+
+def _debug(args: argparse.Namespace) -> int:
+    from vtemu.debug.debugger import Debugger, console_to
+    session = _debug_session(args, console_to(sys.stdout))
+    debugger = Debugger(session, sys.stdout, colour=sys.stdout.isatty())
+    if args.script is not None:
+        try:
+            lines = args.script.read_text().splitlines()
+        except OSError as error:
+            raise BadInput(f"{args.script}: {error.strerror}") from None
+        return debugger.run(lines, echo=True)
+    return debugger.interactive()
+
+
+def _gdb(args: argparse.Namespace) -> int:
+    from vtemu.debug.gdbstub.stub import parse_address, serve
+    host, port = parse_address(args.gdb)
+    session = _debug_session(args, _Consoles(prefix=False).for_partition(0, None))
+    return serve(session, host, port, sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.gdb is not None:
+        return _gdb(args)
     from vtemu.debug.breakdown import collect_breakdowns
     from vtemu.debug.trace_export import open_output
     csv_file: list[TextIO] = []

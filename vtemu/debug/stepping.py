@@ -28,15 +28,18 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Iterable
 
+import unicorn
 import unicorn.x86_const as U
 
 from vtemu.debug.filters import ExitFilter
 from vtemu.debug.trace import TraceRecord, TraceRecorder, record_of
 from vtemu.hv.runloop import COUNT_FOREVER, Runner
 from vtemu.machine.cpustate import HF_CS32, HF_CS64, HF_LMA, HF_PE
+from vtemu.machine.translation import MemoryAccess, TranslationFault
 
 if TYPE_CHECKING:
     from vtemu.hv.partition import Partition
+    from vtemu.machine.vcpu import VCpu
     from vtemu.vmx.cpu import InterruptPin, VmxCpu
 
 CR0_PG = 1 << 31
@@ -75,9 +78,9 @@ class CpuMode:
     bits: int
     paging: bool
 
-    def describe(self) -> str:
+    def describe(self, code_size: bool = True) -> str:
         name = "long" if self.long else "protected" if self.protected else "real"
-        sub = f" ({self.bits}-bit code)" if self.long or self.protected else ""
+        sub = f" ({self.bits}-bit code)" if code_size and (self.long or self.protected) else ""
         return f"{name} mode{sub}, paging {'on' if self.paging else 'off'}"
 
     def same_mode(self, other: "CpuMode") -> bool:
@@ -146,7 +149,9 @@ class Session:
                 self._pins.append(pin)
             cpu.vcpu.set_debug_check(self._check_instruction)
         self.recorder = TraceRecorder(self.partition, sink=self._on_exits, chunk=1)
+        self._watch_hooks: dict[int, tuple[tuple, list]] = {}
         self.history.clear()
+        self.exits_seen = 0
         self._conditions = _Conditions()
         self._pending: Stop | None = None
         self._interrupt = False
@@ -161,7 +166,7 @@ class Session:
             self._console(data)
 
     @property
-    def vcpu(self):  # noqa: ANN201 - VCpu, imported lazily by callers
+    def vcpu(self) -> "VCpu":
         return self.cpu.vcpu
 
     @property
@@ -223,6 +228,7 @@ class Session:
         self._mode = self.mode()
         self._skip_first = True      # resuming at a breakpoint: its instruction runs first
         self._start_retired = self.retired
+        self._refresh_watchpoints()
         while True:
             if self._interrupt:
                 self._interrupt = False
@@ -233,6 +239,8 @@ class Session:
             if reached is not None:
                 return reached
             self._round()
+            if self._pending is not None and self._pending.kind is StopKind.WATCH:
+                return self._complete_access(self._pending)
             if self._pending is not None:
                 stop = self._confirm(self._pending)
                 self._pending = None
@@ -281,6 +289,13 @@ class Session:
             return self._stop(StopKind.COUNT, f"instruction count {self.retired}")
         return None
 
+    def _complete_access(self, watch: Stop) -> Stop:
+        """A watchpoint stopped the vCPU before the accessing instruction: let it complete
+        (one step, no breakpoints), then report, as gdb expects (after the access)."""
+        self._pending = None
+        self._run(_Conditions(target_position=self.position + 1, stop_on_breakpoints=False))
+        return Stop(watch.kind, self.position, watch.detail, address=watch.address)
+
     def _confirm(self, pending: Stop) -> Stop | None:
         """A code stop stands only if, settled, the vCPU is still at that instruction (an
         interrupt delivered first means the instruction has not been reached yet)."""
@@ -316,7 +331,7 @@ class Session:
         if self.break_on_mode:
             mode = self.mode()
             if not mode.same_mode(self._mode):
-                self._pending = Stop(StopKind.MODE, 0, f"{self._mode.describe()} -> {mode.describe()}")
+                self._pending = Stop(StopKind.MODE, 0, f"{self._mode.describe(code_size=False)} -> {mode.describe()}")
                 return True
         return False
 
@@ -324,6 +339,7 @@ class Session:
         for raw in raws:
             record = record_of(raw)
             self.history.append(record)
+            self.exits_seen += 1
             if self._replaying:
                 continue
             stop = self._exit_stop(record)
@@ -348,6 +364,54 @@ class Session:
     def _settle(self) -> None:
         for cpu in self.partition.vcpus:
             cpu.settle()
+
+    # --- watchpoints (gdb Z2/Z3/Z4) --------------------------------------------------------
+    # Unicorn's memory hooks see host-physical addresses in virtual-TLB mode: a watchpoint
+    # watches what its linear address maps to, translated again before every run.
+    def add_watchpoint(self, address: int, length: int, kind: str) -> None:
+        """`kind`: write, read or access. The access completes, then the vCPU stops."""
+        self.watchpoints[address] = (length, kind)
+        self._refresh_watchpoints()
+
+    def remove_watchpoint(self, address: int) -> None:
+        self.watchpoints.pop(address, None)
+        self._refresh_watchpoints()
+
+    def _refresh_watchpoints(self) -> None:
+        wanted = {address: (self._host_address(address), length, kind)
+                  for address, (length, kind) in self.watchpoints.items()}
+        if wanted == {address: hooked[0] for address, hooked in self._watch_hooks.items()}:
+            return
+        for _, hooks in self._watch_hooks.values():
+            for hook in hooks:
+                hook.remove()
+        self._watch_hooks = {address: (placement, self._hook_watchpoint(address, *placement))
+                             for address, placement in wanted.items()}
+        for cpu in self.partition.vcpus:
+            cpu.vcpu.flush_translations()
+
+    def _host_address(self, linear: int) -> int | None:
+        try:
+            return self.vcpu.translate(linear, MemoryAccess.READ)
+        except TranslationFault:
+            return None     # not mapped now: nothing to watch until it is
+
+    def _hook_watchpoint(self, address: int, hpa: int | None, length: int, kind: str) -> list:
+        if hpa is None:
+            return []
+        kinds = {"write": unicorn.UC_HOOK_MEM_WRITE, "read": unicorn.UC_HOOK_MEM_READ,
+                 "access": unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE}[kind]
+        hooks = []
+        for cpu in self.partition.vcpus:
+            def hit(access: int, where: int, size: int, value: int, cpu: "VmxCpu" = cpu) -> bool:
+                if not self._replaying and self._conditions.stop_on_breakpoints and self._pending is None:
+                    what = "write" if access == unicorn.UC_MEM_WRITE else "read"
+                    self._pending = Stop(StopKind.WATCH, 0, f"{what} of {size} bytes at "
+                                         f"{address + where - hpa:#x}", address=address)
+                    cpu.vcpu.request_stop_before()
+                return True
+            hooks.append(cpu.vcpu.engine.hook_memory(kinds, hit, hpa, hpa + length - 1))
+        return hooks
 
     # --- state changes the user makes (journaled for reverse execution) ---------------------
     def _journal_hold(self, held: bool) -> None:

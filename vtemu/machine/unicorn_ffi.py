@@ -46,6 +46,8 @@ INSN_OUT_CB = ctypes.CFUNCTYPE(None, _VOIDP, ctypes.c_uint32, ctypes.c_int, ctyp
 INSN_SKIP_CB = ctypes.CFUNCTYPE(ctypes.c_int, _VOIDP, _VOIDP)          # CPUID, RDTSC, RDTSCP
 INSN_INVALID_CB = ctypes.CFUNCTYPE(ctypes.c_bool, _VOIDP, _VOIDP)
 INSN_SYSCALL_CB = ctypes.CFUNCTYPE(None, _VOIDP, _VOIDP)
+MEM_CB = ctypes.CFUNCTYPE(ctypes.c_bool, _VOIDP, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
+                          ctypes.c_int64, _VOIDP)
 TLB_FILL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, _VOIDP, ctypes.c_uint64, ctypes.c_int,
                                ctypes.POINTER(_binding.uc_tlb_entry), _VOIDP)
 
@@ -134,6 +136,12 @@ class Engine:
 
     def hook_code(self, function: Callable[[int, int], None], begin: int, end: int) -> _Hook:
         return self._add(unicorn.UC_HOOK_CODE, CODE_CB, function, None, begin, end)
+
+    def hook_memory(self, kinds: int, function: Callable[[int, int, int, int], bool],
+                    begin: int, end: int) -> _Hook:
+        """UC_HOOK_MEM_READ/WRITE over [begin, end] (virtual addresses): function(type,
+        address, size, value); a debugger's watchpoints."""
+        return self._add(kinds, MEM_CB, function, True, begin, end)
 
     def hook_interrupt(self, function: Callable[[int], None]) -> _Hook:
         return self._add(unicorn.UC_HOOK_INTR, INTR_CB, function, None)

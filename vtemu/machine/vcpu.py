@@ -578,6 +578,16 @@ class VCpu:
         finally:
             self._phase = _Phase.NONE
 
+    def request_stop_before(self) -> None:
+        """From a memory hook (a debugger's watchpoint): stopping abandons the instruction
+        under way, which Unicorn restarts from its beginning, so it is not counted."""
+        self._emulated_in_hook = False
+        self._phase = _Phase.BEFORE
+        try:
+            self.request_stop()
+        finally:
+            self._phase = _Phase.NONE
+
     @contextmanager
     def before_instruction(self) -> Iterator[None]:
         """Code that performs an instruction for the guest from inside a hook, before the

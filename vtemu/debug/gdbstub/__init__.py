@@ -1,0 +1,1 @@
+"""A GDB remote-serial-protocol stub over TCP (`vtemu run --gdb HOST:PORT`)."""
