@@ -77,14 +77,16 @@ def summary(partition: "Partition", wall_s: float) -> dict[str, object]:
 def counter_sections(partition: "Partition") -> dict[str, dict[str, object]]:
     """The mechanisms' own counters: memory virtualization (the paging scheme's: walks and
     their references, EPT violations, hidden/true faults, table writes, CR3 loads, root
-    hits...), binary translation (per vCPU, summed: blocks, superblocks, TC bytes, chains,
-    lookups, invalidations, callouts by kind) and BT callouts into the hypervisor by reason."""
+    hits...), the CPU mode's engine (per vCPU, summed; binary translation: blocks,
+    superblocks, TC bytes, chains, lookups, invalidations, callouts by kind; deprivileged:
+    traps and emulations) and callouts into the hypervisor by reason."""
     sections: dict[str, dict[str, object]] = {
         f"memory ({partition.spec.paging})": dict(partition.paging.counter_values())}
     engines = [cpu.mode_engine for cpu in partition.vcpus
                if hasattr(cpu.mode_engine, "counter_values")]
     if engines:
-        sections["translation"] = _summed([engine.counter_values() for engine in engines])
+        section = getattr(engines[0], "counter_section", "mode")
+        sections[section] = _summed([engine.counter_values() for engine in engines])
     if partition.callout_stats.total:
         sections["callouts"] = {reason.name: s.count
                                 for reason, s in _sorted(partition.callout_stats.merged())}

@@ -118,6 +118,16 @@ def bt_window_hpa(partition_index: int, vcpu_index: int, long_mode: bool) -> int
     return BT_HPA + slot * BT_WINDOW_SIZE
 
 
+# Deprivileged mode: one 4 MiB VMM window per vCPU (shadow GDT/IDT, the VMM's TSS;
+# modes/deprivileged/compression.py).
+DEPRIVILEGED_HPA = 0xA0_0000_0000
+
+
+def deprivileged_window_hpa(partition_index: int, vcpu_index: int) -> int:
+    """Host memory behind a vCPU's ring-compression window (VMM-private)."""
+    return DEPRIVILEGED_HPA + (partition_index * 256 + vcpu_index) * BT_WINDOW_SIZE
+
+
 def partition_ram_hpa(partition_index: int) -> int:
     """HPA where a partition's RAM buffer is mapped into the vCPUs' physical space."""
     return PARTITION_RAM_HPA + partition_index * PARTITION_HPA_STRIDE

@@ -44,6 +44,15 @@ class TranslationFault(Exception):
     """Base of everything a Translator raises to refuse a fill (guest #PF, EPT violation...)."""
 
 
+class KernelCodeFetch(TranslationFault):
+    """A CPU-mode engine refuses a kernel code fetch at `linear`: the vCPU stops there, the
+    fetch not performed, so the engine can act first (translate it, deprivilege the kernel)."""
+
+    def __init__(self, linear: int, why: str) -> None:
+        super().__init__(f"{why} at {linear:#x}")
+        self.linear = linear
+
+
 class GuestPageFault(TranslationFault):
     """A linear address the guest's own page tables do not allow: #PF with CR2 = linear."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from vtemu.modes import bt, pv, vtx
+from vtemu.modes import bt, deprivileged, pv, vtx
 
 if TYPE_CHECKING:
     from vtemu.hv.partition import Partition
@@ -16,6 +16,7 @@ MODES: dict[str, Configure] = {
     "vtx": vtx.configure,
     "bt": bt.configure,
     "pv": pv.configure,
+    "deprivileged": deprivileged.configure,
 }
 
 # Defines a guest source is assembled with when it runs in a mode (pv: the enlightened build).

@@ -41,7 +41,8 @@ from vtemu.machine.cpustate import HF_CS32, HF_CS64, HF_PE
 from vtemu.machine.decode import CodeMode
 from vtemu.machine.memory import HostRegion
 from vtemu.machine.sites import SiteKind
-from vtemu.machine.translation import Fill, GuestPageFault, MemoryAccess, TranslationFault
+from vtemu.machine.translation import (Fill, GuestPageFault, KernelCodeFetch, MemoryAccess,
+                                       TranslationFault)
 from vtemu.machine.vcpu import GuestException, Stop, StopKind
 from vtemu.modes.bt import region
 from vtemu.modes.bt.cache import TranslationCache
@@ -69,12 +70,11 @@ _RESHAPING = {SiteKind.MOV_CR, SiteKind.CLTS, SiteKind.LMSW, SiteKind.WRMSR, Sit
               SiteKind.VMX, SiteKind.DESCRIPTOR_TABLE, SiteKind.LDTR_TR}
 
 
-class TcMiss(TranslationFault):
+class TcMiss(KernelCodeFetch):
     """Kernel code fetched from outside the TC (after IRET, a far return...): translate it."""
 
     def __init__(self, linear: int) -> None:
-        super().__init__(f"kernel code at {linear:#x} is not translated")
-        self.linear = linear
+        super().__init__(linear, "untranslated kernel code")
 
 
 @dataclass
@@ -107,6 +107,8 @@ class BtCounters:
 
 
 class BtEngine:
+    counter_section = "translation"        # the --stats line its counters go to
+
     def __init__(self, cpu: "VmxCpu", partition: "Partition") -> None:
         self.cpu = cpu
         self.vcpu = cpu.vcpu
