@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from contextlib import contextmanager
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import unicorn
 import unicorn.x86_const as U
@@ -588,16 +587,15 @@ class VCpu:
         finally:
             self._phase = _Phase.NONE
 
-    @contextmanager
-    def before_instruction(self) -> Iterator[None]:
+    def begin_instruction(self) -> None:
         """Code that performs an instruction for the guest from inside a hook, before the
-        instruction executes (a translated-code callout), as a site handler does."""
+        instruction executes (a translated-code callout), as a site handler does; it ends
+        with end_instruction (a plain pair, not a context manager: callouts are hot)."""
         self._epoch += 1
         self._phase = _Phase.BEFORE
-        try:
-            yield
-        finally:
-            self._phase = _Phase.NONE
+
+    def end_instruction(self) -> None:
+        self._phase = _Phase.NONE
 
     @staticmethod
     def _no_callout() -> None:

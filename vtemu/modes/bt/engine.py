@@ -516,25 +516,29 @@ class BtEngine:
         gi = callout.instruction
         assert gi is not None
         guest = gi.address
+        self.vcpu.tpr = cache.read_data(region.VTPR) & 0xF   # MOV CR8 in the TC wrote it there
         before = self._shape_registers() if gi.kind in _RESHAPING or callout.kind == "hlt" else None
         self.vcpu.rip = guest
-        with self.vcpu.before_instruction():
-            try:
-                if callout.kind == "hlt":
-                    self.cpu.exit_instruction(ExitReason.HLT, gi.insn, detail="hlt")
-                else:
-                    instructions.handle(self.cpu, gi.kind, gi.insn)  # type: ignore[arg-type]
-                    if self.vcpu.rip == guest and gi.kind in _EMULATED_WHEN_NATIVE:
-                        _emulate_native(self.cpu, gi)
-            except GuestException as fault:
-                self.cpu.raise_exception(fault.vector, fault.error_code, rip=guest)
+        self.vcpu.begin_instruction()
+        try:
+            if callout.kind == "hlt":
+                self.cpu.exit_instruction(ExitReason.HLT, gi.insn, detail="hlt")
+            else:
+                instructions.handle(self.cpu, gi.kind, gi.insn)  # type: ignore[arg-type]
+                if gi.kind in _EMULATED_WHEN_NATIVE and self.vcpu.rip == guest:
+                    _emulate_native(self.cpu, gi)
+        except GuestException as fault:
+            self.cpu.raise_exception(fault.vector, fault.error_code, rip=guest)
+        finally:
+            self.vcpu.end_instruction()
         after = self.vcpu.rip
         performed = after != guest or self.vcpu.stop_requested
         if before is not None and performed and (
                 gi.kind in _FLUSHES_TLB or before != self._shape_registers()):
             self._recheck = True
             self.vcpu.request_stop()
-        self._publish(cache)
+        if before is not None:                 # only these can change CR0, CR4 or the TPR
+            self._publish(cache)
         if self.vcpu.stop_requested:
             self._continue_at(after)
         elif after == guest:
