@@ -118,7 +118,7 @@ class VmxCpu:
         self.stopped = False
         self.intercepts = Intercepts.from_vmcs(self.vmcs, self._host_page)
         self._entry_pending = True
-        self._pending_event: tuple[Event, int] | None = None
+        self._pending_event: tuple[Event, int, int] | None = None   # event, return RIP, length
         self._after_stop: Callable[[], None] | None = None
         self.string_io_passthrough: Callable[[Instruction, int, int, IoDirection], None] = _no_string_io
         self._rewind: dict[int, int] | None = None
@@ -269,7 +269,7 @@ class VmxCpu:
             return
         if vector == PAGE_FAULT and cr2 is not None:
             self.vcpu.write(U.UC_X86_REG_CR2, cr2)
-        self._pending_event = (Event.exception(vector, error_code), rip)
+        self._pending_event = (Event.exception(vector, error_code), rip, 0)
         if self._inline:
             self.vcpu.request_stop()
 
@@ -441,12 +441,15 @@ class VmxCpu:
                     self._take(exit)
                     continue
             if self._pending_event is not None:
-                event, rip = self._pending_event
+                event, rip, length = self._pending_event
                 self._pending_event = None
                 self.activity_on_injection()
+                self.vcpu.rip = rip - length
                 exit = deliver_event(self, event, rip)
                 if exit is not None:
-                    self._take(exit)
+                    # A software event whose delivery exits is reported at its instruction,
+                    # with the length a re-injection needs (SDM 27.2.4, 27.2.5).
+                    self._take(exit._replace(instruction_length=length) if length else exit)
                 continue
             if self._after_stop is not None:
                 action, self._after_stop = self._after_stop, None
@@ -553,7 +556,7 @@ class VmxCpu:
         if not self.interrupts.intr_asserted() or not self.interruptible():
             return False
         vector = self.interrupts.acknowledge()
-        self._pending_event = (Event(vector, EventType.EXTERNAL_INTERRUPT), self.vcpu.rip)
+        self._pending_event = (Event(vector, EventType.EXTERNAL_INTERRUPT), self.vcpu.rip, 0)
         return True
 
     def preemption_timer_left(self) -> int:
@@ -595,7 +598,7 @@ class VmxCpu:
         kind, length = _software_kind(self.vcpu.bytes_before(rip, 2), stop.vector)
         exits = kind is not EventType.SOFTWARE_INTERRUPT and self.intercepts.exception_exits(stop.vector, None)
         if not exits:
-            self._pending_event = (Event(stop.vector, kind), rip)
+            self._pending_event = (Event(stop.vector, kind), rip, length)
             return
         self.vcpu.rip = rip - length
         self.vcpu.retire_emulated(-1)
@@ -617,7 +620,7 @@ class VmxCpu:
             return
         self.vcpu.rip = insn.next_address
         self.vcpu.retire_emulated()
-        self._pending_event = (Event(1, kind), insn.next_address)
+        self._pending_event = (Event(1, kind), insn.next_address, insn.size)
 
     def _on_translation_fault(self, stop: Stop) -> None:
         fault = stop.fault

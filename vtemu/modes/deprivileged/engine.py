@@ -332,13 +332,14 @@ class DeprivilegedEngine:
 
     def _software_interrupt(self, exit: "VmExit", vector: int) -> Outcome:
         """INT n met a DPL 0 gate at CPL 1 (#GP(vector * 8 + 2), SDM 6.12.1.1): the virtual
-        ring 0 may use it, so the VMM delivers it. The processor reports the fault with RIP
-        already past the INT (vmx/cpu.py _software_event), which is the return address."""
+        ring 0 may use it, so the VMM delivers it. The exit reports the INT itself and its
+        length (SDM 27.2.4): the return address is past it."""
         if exit.interruption_error != (vector << 3) | 2:
             return self.reflect(exit)
         self.counters.traps += 1
         self.counters.emulated["int"] = self.counters.emulated.get("int", 0) + 1
-        return self.deliver(Event(vector, EventType.SOFTWARE_INTERRUPT), exit.guest_rip)
+        return self.deliver(Event(vector, EventType.SOFTWARE_INTERRUPT),
+                            exit.guest_rip + exit.instruction_length)
 
     def _forget_fault(self) -> None:
         """The fault reached the VMM, not QEMU's delivery code: clear QEMU's record of it, or
