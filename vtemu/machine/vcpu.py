@@ -570,16 +570,12 @@ class VCpu:
         if check is None or self._stop is not None or not check(address):
             return
         self._debug_stop_at = address
-        self._emulated_in_hook = False
-        self._phase = _Phase.BEFORE
-        try:
-            self.request_stop()
-        finally:
-            self._phase = _Phase.NONE
+        self.request_stop_before()
 
     def request_stop_before(self) -> None:
-        """From a memory hook (a debugger's watchpoint): stopping abandons the instruction
-        under way, which Unicorn restarts from its beginning, so it is not counted."""
+        """Stop with the instruction under way abandoned (a debugger's code hook before it, or
+        a watchpoint's memory hook during it: Unicorn restarts it from its beginning), so it is
+        not counted."""
         self._emulated_in_hook = False
         self._phase = _Phase.BEFORE
         try:

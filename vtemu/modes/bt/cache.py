@@ -58,6 +58,7 @@ class TranslationCache:
     def __post_init__(self) -> None:
         self.base = region.window(self.mode)
         self._point_tc: list[int] = []
+        self._fragment_starts: list[int] = []
         self._point_guest: list[int | None] = []
         self.flush()
 
@@ -79,6 +80,7 @@ class TranslationCache:
         self._write(fragment.tc_entry, bytes(fragment.code))
         self._next = fragment.tc_end
         self.fragments.append(fragment)
+        self._fragment_starts.append(fragment.tc_entry)     # ascending: code is allocated in order
         self.entries[fragment.guest_entry] = fragment.tc_entry
         self.callouts.update(fragment.callouts)
         for tc, guest in fragment.points:
@@ -91,6 +93,7 @@ class TranslationCache:
         self.entries.clear()
         self.callouts.clear()
         self.fragments.clear()
+        self._fragment_starts.clear()
         self.guest_pages.clear()
         self.linear_pages.clear()
         self.superblock_heads.clear()
@@ -126,6 +129,7 @@ class TranslationCache:
         retired = [f for f in self.fragments if not f.stale and hpa_page in f.guest_pages]
         for fragment in retired:
             self._retire(fragment)
+        self._forget_lookups(retired)
         self.guest_pages = set().union(*(f.guest_pages for f in self.fragments if not f.stale))
         self.linear_pages = {linear: hpa for linear, hpa in self.linear_pages.items()
                              if hpa in self.guest_pages}
@@ -135,10 +139,11 @@ class TranslationCache:
         """Retire the fragment holding TC address `tc` (its self-check failed)."""
         fragment = self.fragment_at(tc)
         self._retire(fragment)
+        self._forget_lookups([fragment])
         return fragment
 
     def fragment_at(self, tc: int) -> Fragment:
-        index = bisect.bisect_right([f.tc_entry for f in self.fragments], tc) - 1
+        index = bisect.bisect_right(self._fragment_starts, tc) - 1
         fragment = self.fragments[index]
         assert fragment.tc_entry <= tc < fragment.tc_end
         return fragment
@@ -151,13 +156,15 @@ class TranslationCache:
         if self.entries.get(fragment.guest_entry) == fragment.tc_entry:
             del self.entries[fragment.guest_entry]
         self.superblock_heads.discard(fragment.guest_entry)
-        self._forget_lookups(fragment)
 
-    def _forget_lookups(self, fragment: Fragment) -> None:
+    def _forget_lookups(self, fragments: list[Fragment]) -> None:
+        """Clear the lookup-table slots that lead into `fragments` (one pass over the table)."""
+        if not fragments:
+            return
         table = self.hpa(self.base + region.TABLE)
         slots = struct.iter_unpack("<QQ", self.host.read(table, 16 * region.TABLE_ENTRIES))
         for slot, (_guest, tc) in enumerate(slots):
-            if fragment.tc_entry <= tc < fragment.tc_end:
+            if any(f.tc_entry <= tc < f.tc_end for f in fragments):
                 self.host.write(table + 16 * slot, bytes(16))
 
     # --- lookup table ------------------------------------------------------------------------

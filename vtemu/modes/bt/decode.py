@@ -131,13 +131,21 @@ def shape_of(insn: Instruction) -> tuple[Shape, SiteKind | None]:
 def _far_indirect(insn: Instruction) -> bool:
     """FF /3 (CALL m16:xx) and FF /5 (JMP m16:xx): far, whatever name Capstone gives them."""
     raw = insn.raw
-    index = 0
-    while index < len(raw) - 1 and (raw[index] in _PREFIXES or 0x40 <= raw[index] <= 0x4F):
-        index += 1
+    index = opcode_index(raw, insn.mode)
     return raw[index] == 0xFF and index + 1 < len(raw) and (raw[index + 1] >> 3) & 7 in (3, 5)
 
 
-_PREFIXES = {0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
+LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65})
+
+
+def opcode_index(raw: bytes, mode: CodeMode) -> int:
+    """Where the opcode starts: after the legacy prefixes and, in 64-bit code, a REX prefix."""
+    index = 0
+    while raw[index] in LEGACY_PREFIXES:
+        index += 1
+    if mode is CodeMode.BITS64 and 0x40 <= raw[index] <= 0x4F:
+        index += 1
+    return index
 
 
 class BlockReader:

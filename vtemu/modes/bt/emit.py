@@ -26,7 +26,7 @@ from vtemu.machine.decode import CodeMode
 from vtemu.machine.sites import SiteKind
 from vtemu.modes.bt import region
 from vtemu.modes.bt.assemble import assemble
-from vtemu.modes.bt.decode import GuestInstruction, Shape
+from vtemu.modes.bt.decode import GuestInstruction, Shape, opcode_index
 
 SYSCALL = b"\x0f\x05"
 UD2 = b"\x0f\x0b"
@@ -37,7 +37,6 @@ _DISASM = {CodeMode.BITS32: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_3
 _UNICORN_NAMES = {getattr(U, name): name[len("UC_X86_REG_"):].lower()
                   for name in dir(U) if name.startswith("UC_X86_REG_")}
 _ADDRESS = {CodeMode.BITS32: 0xFFFF_FFFF, CodeMode.BITS64: 0xFFFF_FFFF_FFFF_FFFF}
-_LEGACY_PREFIXES = {0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
 
 
 class Untranslatable(Exception):
@@ -133,7 +132,7 @@ class Emitter:
         stack = "rsp" if self.mode is CodeMode.BITS64 else "esp"
         word = "qword" if self.mode is CodeMode.BITS64 else "dword"
         flags = ("pushfq", "popfq") if self.mode is CodeMode.BITS64 else ("pushfd", "popfd")
-        saved, top = self._data(region.SAVED_RSP), f"{(self.window + region.STACK_TOP) & _ADDRESS[self.mode]:#x}"
+        saved, top = self._data(region.SAVED_RSP), self._data(region.STACK_TOP)
         compares = []
         for offset in range(0, len(code), 4):
             chunk = code[offset:offset + 4]
@@ -296,7 +295,7 @@ class Emitter:
     def _ident_as_push(self, gi: GuestInstruction) -> None:
         """FF /2 or FF /4 (CALL/JMP near indirect) re-encoded as FF /6 (PUSH) on the same operand."""
         raw = bytearray(gi.insn.raw)
-        opcode = _opcode_index(raw, self.mode)
+        opcode = opcode_index(raw, self.mode)
         if raw[opcode] != 0xFF or (raw[opcode + 1] >> 3) & 7 not in (2, 4) or 0x66 in gi.insn.prefixes:
             raise Untranslatable(f"indirect branch form at {gi.address:#x}")
         raw[opcode + 1] = (raw[opcode + 1] & 0xC7) | (6 << 3)
@@ -319,7 +318,7 @@ class Emitter:
         reported after the pushes: such a call is refused by the translator instead when
         its operand depends on ESP."""
         raw = bytearray(gi.insn.raw)
-        opcode = _opcode_index(raw, self.mode)
+        opcode = opcode_index(raw, self.mode)
         if self.mode is not CodeMode.BITS32 or 0x66 in gi.insn.prefixes:
             raise Untranslatable(f"far call at {gi.address:#x}: only 32-bit far calls are translated")
         if raw[opcode] == 0x9A:                          # CALL ptr16:32 -> JMP ptr16:32
@@ -366,15 +365,6 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
-def _opcode_index(raw: bytes, mode: CodeMode) -> int:
-    index = 0
-    while raw[index] in _LEGACY_PREFIXES:
-        index += 1
-    if mode is CodeMode.BITS64 and 0x40 <= raw[index] <= 0x4F:
-        index += 1
-    return index
-
-
 def _uses_stack_pointer(gi: GuestInstruction) -> bool:
     memory = gi.insn.memory
     return memory is not None and U.UC_X86_REG_ESP in (memory.base, memory.index)
@@ -382,9 +372,9 @@ def _uses_stack_pointer(gi: GuestInstruction) -> bool:
 
 def _jcc_rel32(raw: bytes) -> bytes:
     """The rel32 form (0F 8x) of a Jcc written either way."""
-    opcode = raw[_opcode_index(raw, CodeMode.BITS32)]
+    opcode = raw[opcode_index(raw, CodeMode.BITS32)]
     if opcode == 0x0F:
-        return bytes(raw[:_opcode_index(raw, CodeMode.BITS32) + 2])
+        return bytes(raw[:opcode_index(raw, CodeMode.BITS32) + 2])
     return bytes([0x0F, 0x80 | (opcode & 0x0F)])
 
 
